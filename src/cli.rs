@@ -1,0 +1,210 @@
+//! Command-line flags. Names and defaults follow ingress-nginx's where it has the flag; every
+//! flag can also be set through the environment variable named in `--help`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// `NAMESPACE/NAME`, as ingress-nginx's flags take object references.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamespacedName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::str::FromStr for NamespacedName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(NamespacedName {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            _ => Err(format!("expected NAMESPACE/NAME, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let secs = s.strip_suffix('s').unwrap_or(s);
+    secs.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("expected a number of seconds such as 30 or 30s, got {s:?}"))
+}
+
+/// Sluice: an ingress controller and reverse proxy that reads ingress-nginx's Ingress
+/// annotations, ConfigMap keys and metrics names. Without `--manifests` it watches the
+/// Kubernetes API server (in-cluster service account or `--kubeconfig`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    /// Standalone mode: read Kubernetes manifests (*.yaml, *.yml, *.json; multi-document YAML)
+    /// from this folder instead of the API server, and apply every change to it live.
+    #[arg(long, env = "SLUICE_MANIFESTS", value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+
+    /// Port for plain HTTP traffic (ingress-nginx: --http-port).
+    #[arg(long, env = "SLUICE_HTTP_PORT", default_value_t = 80)]
+    pub http_port: u16,
+
+    /// Port for HTTPS traffic (ingress-nginx: --https-port). TLS termination is not built
+    /// yet; the port is reserved.
+    #[arg(long, env = "SLUICE_HTTPS_PORT", default_value_t = 443)]
+    pub https_port: u16,
+
+    /// Port of the health server (`/healthz`). Shares one server with `--metrics-port` when
+    /// both are equal, as ingress-nginx does.
+    #[arg(long, env = "SLUICE_HEALTHZ_PORT", default_value_t = 10254)]
+    pub healthz_port: u16,
+
+    /// Port of the Prometheus endpoint (`/metrics`).
+    #[arg(long, env = "SLUICE_METRICS_PORT", default_value_t = 10254)]
+    pub metrics_port: u16,
+
+    /// Address the traffic listeners bind to. Default: all addresses.
+    #[arg(long, env = "SLUICE_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// Address the health and metrics server binds to (ingress-nginx: --healthz-host).
+    #[arg(long, env = "SLUICE_HEALTHZ_HOST", default_value = "0.0.0.0")]
+    pub healthz_host: IpAddr,
+
+    /// Value of the legacy `kubernetes.io/ingress.class` annotation this controller serves,
+    /// and the IngressClass name accepted with --ingress-class-by-name.
+    #[arg(long, env = "SLUICE_INGRESS_CLASS", default_value = "nginx")]
+    pub ingress_class: String,
+
+    /// IngressClass `spec.controller` value this controller serves.
+    #[arg(
+        long,
+        env = "SLUICE_CONTROLLER_CLASS",
+        default_value = "k8s.io/ingress-nginx"
+    )]
+    pub controller_class: String,
+
+    /// Also serve an IngressClass whose name equals --ingress-class, whatever its controller.
+    #[arg(long, env = "SLUICE_INGRESS_CLASS_BY_NAME", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ingress_class_by_name: bool,
+
+    /// Serve Ingresses that name no class at all (neither spec.ingressClassName nor the
+    /// legacy annotation).
+    #[arg(long, env = "SLUICE_WATCH_INGRESS_WITHOUT_CLASS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub watch_ingress_without_class: bool,
+
+    /// NAMESPACE/NAME of the ConfigMap with global settings (ingress-nginx's keys). In
+    /// standalone mode it is read from the manifests folder; when absent every setting has
+    /// its default.
+    #[arg(long, env = "SLUICE_CONFIGMAP", value_name = "NAMESPACE/NAME")]
+    pub configmap: Option<NamespacedName>,
+
+    /// NAMESPACE/NAME of the Service that answers requests no Ingress matches (its first
+    /// port). Default: a built-in 404.
+    #[arg(
+        long,
+        env = "SLUICE_DEFAULT_BACKEND_SERVICE",
+        value_name = "NAMESPACE/NAME"
+    )]
+    pub default_backend_service: Option<NamespacedName>,
+
+    /// Only serve objects of this namespace. Default: all namespaces.
+    #[arg(long, env = "SLUICE_WATCH_NAMESPACE", value_name = "NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Keep serving for this long after SIGTERM while /healthz answers 503, so load
+    /// balancers take the pod out before the listeners close (ingress-nginx:
+    /// --shutdown-grace-period). Seconds.
+    #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_PERIOD", default_value = "0", value_parser = parse_seconds)]
+    pub shutdown_grace_period: Duration,
+
+    /// After the listeners close, how long requests in flight (and open WebSockets) may take
+    /// to finish before the process exits anyway (ingress-nginx's worker-shutdown-timeout).
+    /// Seconds.
+    #[arg(long, env = "SLUICE_SHUTDOWN_DRAIN_TIMEOUT", default_value = "240", value_parser = parse_seconds)]
+    pub shutdown_drain_timeout: Duration,
+
+    /// Access log format: `upstream` (ingress-nginx's default log-format-upstream) or `json`.
+    #[arg(long, env = "SLUICE_ACCESS_LOG_FORMAT", default_value = "upstream", value_parser = ["upstream", "json"])]
+    pub access_log_format: String,
+
+    /// Format of Sluice's own log lines on stderr: `text` or `json`. Filter with RUST_LOG
+    /// (default `info`).
+    #[arg(long, env = "SLUICE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Export the nginx_ingress_controller_* metrics on /metrics (ingress-nginx defaults this
+    /// to false since 1.12; Sluice defaults to true).
+    #[arg(long, env = "SLUICE_ENABLE_METRICS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_metrics: bool,
+
+    /// Add the `host` label to request metrics (ingress-nginx: --metrics-per-host).
+    #[arg(long, env = "SLUICE_METRICS_PER_HOST", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_per_host: bool,
+
+    /// Worker threads of the runtime. Default: the ConfigMap's worker-processes, else one
+    /// per CPU.
+    #[arg(long, env = "SLUICE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+impl Cli {
+    /// Flags for tests and benches: every port 0 (the OS picks), loopback only.
+    pub fn for_test(manifests: impl Into<PathBuf>) -> Cli {
+        let mut cli = Cli::parse_from(["sluice"]);
+        cli.manifests = Some(manifests.into());
+        cli.http_port = 0;
+        cli.https_port = 0;
+        cli.healthz_port = 0;
+        cli.metrics_port = 0;
+        cli.bind_address = IpAddr::from([127, 0, 0, 1]);
+        cli.healthz_host = IpAddr::from([127, 0, 0, 1]);
+        cli
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_ingress_nginx() {
+        let cli = Cli::parse_from(["sluice"]);
+        assert_eq!(cli.http_port, 80);
+        assert_eq!(cli.https_port, 443);
+        assert_eq!(cli.healthz_port, 10254);
+        assert_eq!(cli.ingress_class, "nginx");
+        assert_eq!(cli.controller_class, "k8s.io/ingress-nginx");
+        assert!(!cli.watch_ingress_without_class);
+    }
+
+    #[test]
+    fn namespaced_name_parses_and_rejects() {
+        let n: NamespacedName = "network/sluice".parse().unwrap();
+        assert_eq!(n.to_string(), "network/sluice");
+        assert!("sluice".parse::<NamespacedName>().is_err());
+        assert!("a/b/c".parse::<NamespacedName>().is_err());
+        assert!("/b".parse::<NamespacedName>().is_err());
+    }
+
+    #[test]
+    fn boolean_flags_take_values_like_ingress_nginx() {
+        let cli = Cli::parse_from(["sluice", "--watch-ingress-without-class=true"]);
+        assert!(cli.watch_ingress_without_class);
+        let cli = Cli::parse_from(["sluice", "--watch-ingress-without-class"]);
+        assert!(cli.watch_ingress_without_class);
+        let cli = Cli::parse_from(["sluice", "--enable-metrics=false"]);
+        assert!(!cli.enable_metrics);
+    }
+}

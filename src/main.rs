@@ -1,0 +1,62 @@
+//! The `sluice` binary: parse flags, set up logging, size the runtime, run until SIGTERM or
+//! SIGINT, then shut down gracefully and exit 0.
+
+use anyhow::Context;
+use clap::Parser;
+use sluice::cli::Cli;
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Worker threads: the flag, else the ConfigMap's worker-processes (read before the runtime
+/// starts), else one per CPU.
+fn worker_threads(cli: &Cli) -> usize {
+    if let Some(n) = cli.worker_threads {
+        return n.max(1);
+    }
+    sluice::settings::worker_processes_hint(cli).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let threads = worker_threads(&cli);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    runtime.block_on(async move {
+        let running = sluice::app::start(cli).await?;
+        wait_for_signal().await;
+        running.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // Connection tasks still parked on closed sockets are not worth waiting for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(())
+}

@@ -1,0 +1,469 @@
+//! Forwarding one request upstream: the headers ingress-nginx sets (reference §5a), hop-by-hop
+//! stripping, endpoint choice with retries per `proxy-next-upstream`, timeouts, and WebSocket
+//! tunnels.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::body::{empty, BodyProgress, ProgressBody, ProxyBody, UpstreamBody};
+use super::error::{ProxyError, RetryClass};
+use super::upstream::PoolKey;
+use super::ProxyState;
+use crate::settings::Settings;
+use crate::snapshot::{Backend, BackendKind};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_SCHEME: HeaderName = HeaderName::from_static("x-forwarded-scheme");
+static X_SCHEME: HeaderName = HeaderName::from_static("x-scheme");
+static X_ORIGINAL_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-original-forwarded-for");
+static X_ORIGINAL_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-original-forwarded-host");
+static PROXY: HeaderName = HeaderName::from_static("proxy");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Per-request facts the header rules need.
+#[derive(Debug, Clone)]
+pub struct ForwardContext {
+    pub peer: SocketAddr,
+    pub client_ip: IpAddr,
+    /// `$best_http_host`: the client's Host (port included), or the first X-Forwarded-Host
+    /// value when forwarded headers are trusted.
+    pub best_host: HeaderValue,
+    /// `$pass_access_scheme`.
+    pub scheme: HeaderValue,
+    /// `$pass_server_port`.
+    pub port: HeaderValue,
+    pub request_id: HeaderValue,
+}
+
+/// What an upstream exchange produced, for the response and for logs/metrics.
+pub struct Forwarded {
+    pub response: Response<ProxyBody>,
+    pub upstream_addr: SocketAddr,
+    pub upstream_status: u16,
+    /// Time from the first attempt to the response header.
+    pub header_time: Duration,
+    /// Bytes of upstream response body read so far (grows while streaming).
+    pub upstream_bytes: Arc<AtomicU64>,
+}
+
+/// A failed exchange: the error, and the last upstream tried.
+pub type ForwardError = ProxyError;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), removed in both directions.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+}
+
+/// Whether a request asks for a protocol upgrade (WebSocket).
+pub fn upgrade_requested(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Turn the client's headers into the upstream's, as ingress-nginx's template does.
+pub fn upstream_headers(
+    settings: &Settings,
+    incoming: &HeaderMap,
+    ctx: &ForwardContext,
+    upgrade: Option<&HeaderValue>,
+) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(incoming.len() + 12);
+    for (name, value) in incoming {
+        // nginx drops headers whose names contain `_` (underscores_in_headers off), which
+        // also keeps `X_Forwarded_For`-style spoofing out.
+        if name.as_str().contains('_') {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    strip_hop_by_hop(&mut headers);
+    headers.remove(&PROXY); // httpoxy
+
+    let incoming_xff = incoming
+        .get(&X_FORWARDED_FOR)
+        .filter(|v| !v.is_empty())
+        .cloned();
+    let incoming_xfh = incoming
+        .get(&X_FORWARDED_HOST)
+        .filter(|v| !v.is_empty())
+        .cloned();
+
+    headers.insert(header::HOST, ctx.best_host.clone());
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    let client = HeaderValue::from_str(&ctx.client_ip.to_string())
+        .expect("an IP address is a valid header value");
+    headers.insert(X_REAL_IP.clone(), client.clone());
+    let xff = match (
+        &incoming_xff,
+        settings.use_forwarded_headers && settings.compute_full_forwarded_for,
+    ) {
+        (Some(prev), true) => {
+            let mut v = prev.as_bytes().to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ctx.peer.ip().to_string().as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or(client)
+        }
+        (None, true) => HeaderValue::from_str(&ctx.peer.ip().to_string())
+            .expect("an IP address is a valid header value"),
+        _ => client,
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    headers.insert(X_FORWARDED_HOST.clone(), ctx.best_host.clone());
+    headers.insert(X_FORWARDED_PORT.clone(), ctx.port.clone());
+    headers.insert(X_FORWARDED_PROTO.clone(), ctx.scheme.clone());
+    headers.insert(X_FORWARDED_SCHEME.clone(), ctx.scheme.clone());
+    headers.insert(X_SCHEME.clone(), ctx.scheme.clone());
+    if let Some(prev) = incoming_xff {
+        headers.insert(X_ORIGINAL_FORWARDED_FOR.clone(), prev);
+    }
+    if let Some(prev) = incoming_xfh {
+        headers.insert(X_ORIGINAL_FORWARDED_HOST.clone(), prev);
+    }
+    match upgrade {
+        Some(protocol) => {
+            headers.insert(header::UPGRADE, protocol.clone());
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        None if settings.upstream_keepalive_connections == 0 => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        None => {}
+    }
+    headers
+}
+
+/// Clean an upstream response's headers for the client.
+pub fn downstream_headers(settings: &Settings, headers: &mut HeaderMap, switching: bool) {
+    if !switching {
+        strip_hop_by_hop(headers);
+    }
+    // ingress-nginx: allow-backend-server-header false, server-tokens false.
+    headers.remove(header::SERVER);
+    if settings.server_tokens {
+        headers.insert(header::SERVER, HeaderValue::from_static("sluice"));
+    }
+    // nginx's proxy_hide_header defaults.
+    headers.remove("x-pad");
+    let accel: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-accel-"))
+        .cloned()
+        .collect();
+    for name in accel {
+        headers.remove(name);
+    }
+}
+
+fn idempotent(method: &Method) -> bool {
+    !matches!(method.as_str(), "POST" | "PATCH" | "LOCK")
+}
+
+/// Send `req` to one of `backend`'s endpoints, retrying others as `proxy-next-upstream`
+/// allows. The request body streams; it can be sent again only while no byte of it was.
+pub async fn forward(
+    state: &Arc<ProxyState>,
+    settings: &Settings,
+    backend: &Arc<Backend>,
+    mut req: Request<Incoming>,
+    ctx: &ForwardContext,
+) -> Result<Forwarded, ForwardError> {
+    let started = Instant::now();
+    let endpoints = backend.endpoint_count();
+    if endpoints == 0 {
+        return Err(match backend.kind {
+            BackendKind::Missing => ProxyError::MissingService {
+                backend: backend.name.clone(),
+            },
+            _ => ProxyError::NoEndpoints {
+                backend: backend.name.clone(),
+            },
+        });
+    }
+    let upgrade_protocol = if req.version() <= Version::HTTP_11 && upgrade_requested(req.headers())
+    {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    let client_upgrade = upgrade_protocol
+        .as_ref()
+        .map(|_| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let headers = upstream_headers(settings, &parts.headers, ctx, upgrade_protocol.as_ref());
+    let uri: http::Uri = parts
+        .uri
+        .path_and_query()
+        .and_then(|pq| pq.as_str().parse().ok())
+        .unwrap_or_else(|| http::Uri::from_static("/"));
+
+    let body_empty = body.is_end_stream();
+    let mut body: Option<ProxyBody> = Some(body.map_err(Into::into).boxed_unsync());
+
+    let policy = settings.proxy_next_upstream;
+    let may_retry_method = idempotent(&parts.method) || policy.non_idempotent;
+    let max_tries = match settings.proxy_next_upstream_tries {
+        0 => usize::MAX,
+        n => n as usize,
+    };
+    let deadline = (!settings.proxy_next_upstream_timeout.is_zero())
+        .then(|| started + settings.proxy_next_upstream_timeout);
+
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt = 0usize;
+    loop {
+        attempt += 1;
+        let key = pick_endpoint(backend, &tried);
+        let mut conn = match state
+            .pool
+            .checkout(&key, settings.proxy_connect_timeout)
+            .await
+        {
+            Ok(conn) => conn,
+            Err(e) => {
+                if let Some(addr) = e.upstream_addr() {
+                    if !tried.contains(&addr) {
+                        tried.push(addr);
+                    }
+                }
+                // Nothing was sent: the body is intact and any method may go elsewhere.
+                if can_retry(&e, policy, attempt, max_tries, deadline) && tried.len() < endpoints {
+                    tracing::debug!(backend = %backend.name, error = %e, "trying the next endpoint");
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        let peer = conn.peer;
+        let reused = conn.reused;
+        if !tried.contains(&peer) {
+            tried.push(peer);
+        }
+        let progress = BodyProgress::new(body_empty);
+        let request_body = match body.take() {
+            Some(b) => ProgressBody::new(b, progress.clone()).boxed_unsync(),
+            None => empty(),
+        };
+        let mut upstream_req = Request::new(request_body);
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = uri.clone();
+        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.headers_mut() = headers.clone();
+
+        let send = conn.sender.try_send_request(upstream_req);
+        let mut response = match wait_for_response(send, &progress, settings, peer).await {
+            Ok(response) => response,
+            Err((e, returned)) => {
+                let unsent = returned.is_some();
+                body = match returned {
+                    Some(req) => Some(req.into_body()),
+                    None if body_empty => Some(empty()),
+                    None => None,
+                };
+                // A keep-alive connection the upstream closed just as we reused it is worth
+                // another try even on the same endpoint.
+                let endpoint_left = tried.len() < endpoints || reused;
+                let retry = body.is_some()
+                    && (unsent || may_retry_method)
+                    && endpoint_left
+                    && can_retry(&e, policy, attempt, max_tries, deadline);
+                if retry {
+                    tracing::debug!(backend = %backend.name, error = %e, "retrying on another endpoint");
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+
+        let status = response.status();
+        if policy.retries_status(status.as_u16())
+            && attempt < max_tries
+            && tried.len() < endpoints
+            && body_empty
+            && may_retry_method
+            && deadline.is_none_or(|d| Instant::now() < d)
+        {
+            body = Some(empty());
+            continue;
+        }
+
+        let header_time = started.elapsed();
+        let upstream_bytes = Arc::new(AtomicU64::new(0));
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::UnexpectedUpgrade { addr: peer });
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let idle = settings.proxy_read_timeout;
+            let tunnels = state.tunnels.clone();
+            let guard = tunnels.open();
+            tokio::spawn(async move {
+                let _guard = guard;
+                match tokio::join!(client_upgrade, upstream_upgrade) {
+                    (Ok(client), Ok(upstream)) => {
+                        tunnel(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+                    }
+                    (c, u) => {
+                        tracing::debug!(client = ?c.err(), upstream = ?u.err(), "upgrade failed")
+                    }
+                }
+            });
+            let (mut head, _) = response.into_parts();
+            downstream_headers(settings, &mut head.headers, true);
+            return Ok(Forwarded {
+                response: Response::from_parts(head, empty()),
+                upstream_addr: peer,
+                upstream_status: status.as_u16(),
+                header_time,
+                upstream_bytes,
+            });
+        }
+
+        let (mut head, incoming) = response.into_parts();
+        downstream_headers(settings, &mut head.headers, false);
+        let on_end = Some(state.pool.return_on_end(conn));
+        let body = UpstreamBody::new(
+            incoming,
+            settings.proxy_read_timeout,
+            on_end,
+            upstream_bytes.clone(),
+        );
+        return Ok(Forwarded {
+            response: Response::from_parts(head, body.boxed_unsync()),
+            upstream_addr: peer,
+            upstream_status: status.as_u16(),
+            header_time,
+            upstream_bytes,
+        });
+    }
+}
+
+fn can_retry(
+    e: &ProxyError,
+    policy: crate::settings::NextUpstream,
+    attempt: usize,
+    max_tries: usize,
+    deadline: Option<Instant>,
+) -> bool {
+    let allowed = match e.retry_class() {
+        Some(RetryClass::Error) => policy.error,
+        Some(RetryClass::Timeout) => policy.timeout,
+        None => false,
+    };
+    allowed && attempt < max_tries && deadline.is_none_or(|d| Instant::now() < d)
+}
+
+/// Round robin, skipping endpoints this request already failed on when others remain.
+fn pick_endpoint(backend: &Backend, tried: &[SocketAddr]) -> PoolKey {
+    match &backend.kind {
+        BackendKind::ExternalName { host, port } => PoolKey::Name(Arc::from(host.as_str()), *port),
+        _ => {
+            let n = backend.endpoint_count();
+            let mut pick = backend.pick();
+            for _ in 0..n {
+                match pick {
+                    Some(addr) if tried.contains(&addr) => pick = backend.pick(),
+                    _ => break,
+                }
+            }
+            PoolKey::Addr(pick.expect("endpoint_count() > 0 was checked"))
+        }
+    }
+}
+
+type SendResult = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>>;
+
+/// Wait for the response header: proxy-send-timeout while the body is still going out,
+/// proxy-read-timeout once it went out entirely.
+async fn wait_for_response(
+    send: impl std::future::Future<Output = SendResult>,
+    progress: &BodyProgress,
+    settings: &Settings,
+    peer: SocketAddr,
+) -> Result<Response<Incoming>, (ProxyError, Option<Request<ProxyBody>>)> {
+    tokio::pin!(send);
+    loop {
+        let deadline = progress.deadline(settings.proxy_send_timeout, settings.proxy_read_timeout);
+        tokio::select! {
+            result = &mut send => {
+                return result.map_err(|mut e| {
+                    let returned = e.take_message();
+                    (ProxyError::Upstream { addr: peer, source: e.into_error() }, returned)
+                });
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                if progress.deadline(settings.proxy_send_timeout, settings.proxy_read_timeout) <= now {
+                    let e = if progress.is_done() {
+                        ProxyError::ReadTimeout { addr: peer }
+                    } else {
+                        ProxyError::SendTimeout { addr: peer }
+                    };
+                    return Err((e, None));
+                }
+            }
+        }
+    }
+}
+
+/// Copy both ways until either side closes, or nothing moves for `idle` (nginx closes an idle
+/// WebSocket after proxy-read-timeout).
+async fn tunnel<A, B>(mut client: A, mut upstream: B, idle: Duration)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut a = vec![0u8; 16 * 1024];
+    let mut b = vec![0u8; 16 * 1024];
+    let mut client_open = true;
+    let mut upstream_open = true;
+    while client_open || upstream_open {
+        tokio::select! {
+            r = client.read(&mut a), if client_open => match r {
+                Ok(0) | Err(_) => { client_open = false; let _ = upstream.shutdown().await; if !upstream_open { break } }
+                Ok(n) => if upstream.write_all(&a[..n]).await.is_err() { break },
+            },
+            r = upstream.read(&mut b), if upstream_open => match r {
+                Ok(0) | Err(_) => { upstream_open = false; let _ = client.shutdown().await; if !client_open { break } }
+                Ok(n) => if client.write_all(&b[..n]).await.is_err() { break },
+            },
+            _ = tokio::time::sleep(idle) => break,
+        }
+    }
+}

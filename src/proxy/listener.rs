@@ -1,0 +1,123 @@
+//! Client listeners: bind, accept within the connection cap (`max-worker-connections`), and
+//! serve each connection with HTTP/1.1 and HTTP/2 (prior knowledge on cleartext), watched for
+//! graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use super::service::{handle, ConnInfo};
+use super::ProxyState;
+
+/// Bind a listening socket with the options a proxy wants (address reuse, a deep backlog).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accept and serve until `stop` turns true; then the listening socket is closed (new
+/// connections are refused) and connections already open are left to the graceful watcher.
+pub async fn serve(
+    listener: TcpListener,
+    scheme: &'static str,
+    state: Arc<ProxyState>,
+    mut stop: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
+) {
+    let closed = Arc::new(Notify::new());
+    loop {
+        // Stay under the connection cap; re-read it so a ConfigMap change applies live.
+        loop {
+            let limit = state.snapshot.load().settings.max_worker_connections as i64;
+            if state.metrics.connections_active.get() < limit {
+                break;
+            }
+            tokio::select! {
+                _ = closed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        if *stop.borrow() {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let info = Arc::new(ConnInfo {
+            peer,
+            local,
+            scheme,
+            requests: Default::default(),
+        });
+        state.metrics.connections_active.inc();
+        state.metrics.connections_accepted.inc();
+        let settings = state.snapshot.load().settings.clone();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .keep_alive(!settings.keep_alive.is_zero())
+            // hyper's one header timer also bounds the idle time between keep-alive requests.
+            .header_read_timeout(settings.keep_alive.max(Duration::from_secs(1)));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(128);
+        let service_state = state.clone();
+        let service = service_fn(move |req| handle(service_state.clone(), info.clone(), req));
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let state = state.clone();
+        let closed = closed.clone();
+        let mut drain = drain.clone();
+        let guard = state.connections.open();
+        tokio::spawn(async move {
+            let _guard = guard;
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = async { let _ = drain.wait_for(|d| *d).await; } => {
+                    // HTTP/1.1: close when idle, or after the response in flight;
+                    // HTTP/2: GOAWAY, then finish the open streams.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+            }
+            state.metrics.connections_active.dec();
+            closed.notify_one();
+        });
+    }
+}

@@ -1,0 +1,101 @@
+//! The data plane: listeners, the per-request pipeline (route, forward, respond), the
+//! upstream pool, and every response the proxy makes itself. Reads the current snapshot
+//! once per request; knows nothing of Kubernetes.
+
+pub mod body;
+pub mod client_ip;
+pub mod error;
+pub mod forward;
+pub mod listener;
+pub mod service;
+pub mod upstream;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+use crate::access_log::AccessLog;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+
+/// Everything the request path shares.
+#[derive(Debug)]
+pub struct ProxyState {
+    /// The configuration being served; swapped whole by `publish`.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub pool: upstream::Pool,
+    pub metrics: Arc<Metrics>,
+    pub access_log: Option<AccessLog>,
+    /// Set at shutdown: every response then carries `Connection: close`.
+    pub draining: AtomicBool,
+    /// Open WebSocket (upgraded) tunnels, which shutdown waits for.
+    pub tunnels: Arc<Tracker>,
+    /// Open client connections, which shutdown waits for.
+    pub connections: Arc<Tracker>,
+}
+
+impl ProxyState {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<Metrics>,
+        access_log: Option<AccessLog>,
+    ) -> ProxyState {
+        let pool = upstream::Pool::new(upstream::PoolConfig::from(&*snapshot.load().settings));
+        ProxyState {
+            snapshot,
+            pool,
+            metrics,
+            access_log,
+            draining: AtomicBool::new(false),
+            tunnels: Arc::new(Tracker::default()),
+            connections: Arc::new(Tracker::default()),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// A count of open things (connections, tunnels) and a way to wait until none are left.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+/// Held while the thing is open; closing it is dropping it.
+#[derive(Debug)]
+pub struct TrackerGuard(Arc<Tracker>);
+
+impl Drop for TrackerGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+impl Tracker {
+    pub fn open(self: &Arc<Self>) -> TrackerGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        TrackerGuard(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves when no tunnel is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.closed.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}

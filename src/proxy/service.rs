@@ -1,0 +1,324 @@
+//! The per-request pipeline: load the snapshot, resolve the client, match the route, forward
+//! or answer locally, then hand the response back with its metrics and access log attached
+//! to the end of its body.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::body::{OnResponseEnd, ResponseBody};
+use super::client_ip::client_ip;
+use super::error::{add_slash_redirect, error_response};
+use super::forward::{forward, ForwardContext};
+use super::ProxyState;
+use crate::access_log::AccessRecord;
+use crate::metrics::RequestLabels;
+use crate::snapshot::{RouteLabels, RouteMatch, Target};
+
+static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+static X_FORWARDED_HOST: header::HeaderName = header::HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: header::HeaderName = header::HeaderName::from_static("x-forwarded-port");
+
+/// One client connection, as the pipeline sees it.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Requests served on this connection so far (for keep-alive-requests).
+    pub requests: AtomicU64,
+}
+
+fn method_label(method: &Method) -> Cow<'static, str> {
+    match *method {
+        Method::GET => Cow::Borrowed("GET"),
+        Method::POST => Cow::Borrowed("POST"),
+        Method::PUT => Cow::Borrowed("PUT"),
+        Method::DELETE => Cow::Borrowed("DELETE"),
+        Method::HEAD => Cow::Borrowed("HEAD"),
+        Method::OPTIONS => Cow::Borrowed("OPTIONS"),
+        Method::PATCH => Cow::Borrowed("PATCH"),
+        Method::CONNECT => Cow::Borrowed("CONNECT"),
+        Method::TRACE => Cow::Borrowed("TRACE"),
+        // Extension methods are bounded by hyper's token rules but not by us: fold them.
+        _ => Cow::Borrowed("OTHER"),
+    }
+}
+
+fn status_label(status: StatusCode) -> Cow<'static, str> {
+    Cow::Owned(status.as_u16().to_string())
+}
+
+fn version_str(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// A fresh `$request_id`: 32 hex digits.
+fn new_request_id() -> HeaderValue {
+    let id: u128 = rand::random();
+    HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header value")
+}
+
+/// Facts recorded when the response body ends.
+struct Completion {
+    state: Arc<ProxyState>,
+    started: Instant,
+    labels: RequestLabels,
+    log: Option<AccessRecord>,
+    upstream_header_time: Option<Duration>,
+    upstream_bytes: Option<Arc<AtomicU64>>,
+}
+
+impl OnResponseEnd for Completion {
+    fn finished(self: Box<Self>, bytes: u64, _complete: bool) {
+        let elapsed = self.started.elapsed();
+        self.state.metrics.observe_request(
+            &self.labels,
+            elapsed.as_secs_f64(),
+            self.upstream_header_time.map(|t| t.as_secs_f64()),
+        );
+        if let (Some(log), Some(access_log)) = (self.log, &self.state.access_log) {
+            let mut log = log;
+            log.body_bytes_sent = bytes;
+            log.request_time = elapsed;
+            log.upstream_response_length = self.upstream_bytes.map(|b| b.load(Ordering::Relaxed));
+            access_log.log(log);
+        }
+    }
+}
+
+/// Serve one request.
+pub async fn handle(
+    state: Arc<ProxyState>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let snapshot = state.snapshot.load_full();
+    let settings = snapshot.settings.clone();
+    let served_on_conn = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let client = client_ip(&settings, conn.peer.ip(), req.headers());
+
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
+        .unwrap_or_else(|| HeaderValue::from_static(""));
+    let host_str = host.to_str().unwrap_or("");
+    let (vhost, _) = snapshot.router.match_host(host_str);
+    let matched = vhost.match_path(req.uri().path());
+    let route_id = match matched {
+        RouteMatch::Route(id) | RouteMatch::AddSlash(id) => id,
+    };
+    let route = snapshot.route(route_id);
+
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(id) if !id.is_empty() => id.clone(),
+        _ if settings.generate_request_id => new_request_id(),
+        _ => HeaderValue::from_static(""),
+    };
+    let trusted_forwarded = settings.use_forwarded_headers;
+    let first_value = |name: &header::HeaderName| -> Option<HeaderValue> {
+        if !trusted_forwarded {
+            return None;
+        }
+        let v = req.headers().get(name)?.to_str().ok()?;
+        let first = v.split(',').next()?.trim();
+        (!first.is_empty())
+            .then(|| HeaderValue::from_str(first).ok())
+            .flatten()
+    };
+    let ctx = ForwardContext {
+        peer: conn.peer,
+        client_ip: client,
+        best_host: first_value(&X_FORWARDED_HOST).unwrap_or_else(|| host.clone()),
+        scheme: first_value(&X_FORWARDED_PROTO)
+            .unwrap_or_else(|| HeaderValue::from_static(conn.scheme)),
+        port: first_value(&X_FORWARDED_PORT)
+            .unwrap_or_else(|| HeaderValue::from(conn.local.port())),
+        request_id: request_id.clone(),
+    };
+
+    let method = req.method().clone();
+    let version = req.version();
+    let log = state.access_log.as_ref().and_then(|_| {
+        let path = req.uri().path();
+        if settings.disable_access_log || settings.skip_access_log_urls.iter().any(|u| u == path) {
+            return None;
+        }
+        Some(access_record(
+            &req,
+            client,
+            version,
+            &request_id,
+            &route.labels,
+            started,
+        ))
+    });
+
+    let mut upstream_header_time = None;
+    let mut upstream_bytes = None;
+    let mut upstream_addr = None;
+    let mut upstream_status = None;
+    let mut upstream_name = String::new();
+    let mut response = match (&matched, &route.target) {
+        (RouteMatch::AddSlash(_), _) => {
+            let path = req.uri().path();
+            let query = req
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            let host = crate::snapshot::route::strip_port(host_str);
+            add_slash_redirect(&format!("{}://{host}{path}/{query}", conn.scheme))
+        }
+        (RouteMatch::Route(_), Target::NotFound) => error_response(StatusCode::NOT_FOUND),
+        (RouteMatch::Route(_), Target::Backend(id)) => {
+            let backend = snapshot.backend(*id).clone();
+            upstream_name = backend.name.clone();
+            match forward(&state, &settings, &backend, req, &ctx).await {
+                Ok(forwarded) => {
+                    upstream_header_time = Some(forwarded.header_time);
+                    upstream_bytes = Some(forwarded.upstream_bytes);
+                    upstream_addr = Some(forwarded.upstream_addr);
+                    upstream_status = Some(forwarded.upstream_status);
+                    forwarded.response
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        upstream = %backend.name,
+                        request_id = request_id.to_str().unwrap_or(""),
+                        "{e}"
+                    );
+                    upstream_addr = e.upstream_addr();
+                    if e.upstream_addr().is_some() {
+                        upstream_status = Some(e.status().as_u16());
+                    }
+                    error_response(e.status())
+                }
+            }
+        }
+    };
+
+    // Announce every server-side close so well-behaved clients never see a failed request.
+    let last_on_conn = version <= Version::HTTP_11
+        && (state.is_draining() || served_on_conn >= settings.keep_alive_requests);
+    if last_on_conn && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if settings.server_tokens && !response.headers().contains_key(header::SERVER) {
+        response
+            .headers_mut()
+            .insert(header::SERVER, HeaderValue::from_static("sluice"));
+    }
+
+    let status = response.status();
+    let labels = RequestLabels {
+        status: status_label(status),
+        method: method_label(&method),
+        route: route.labels.clone(),
+        canary: Arc::from(""),
+        with_host: state.metrics.per_host,
+    };
+    let log = log.map(|mut record| {
+        record.status = status.as_u16();
+        record.upstream_name = upstream_name;
+        record.upstream_addr = upstream_addr;
+        record.upstream_status = upstream_status;
+        record.upstream_response_time = upstream_header_time;
+        record
+    });
+    let completion = Completion {
+        state: state.clone(),
+        started,
+        labels,
+        log,
+        upstream_header_time,
+        upstream_bytes,
+    };
+    let (head, body) = response.into_parts();
+    Ok(Response::from_parts(
+        head,
+        ResponseBody::new(body, Box::new(completion)),
+    ))
+}
+
+fn access_record(
+    req: &Request<Incoming>,
+    client: IpAddr,
+    version: Version,
+    request_id: &HeaderValue,
+    labels: &RouteLabels,
+    _started: Instant,
+) -> AccessRecord {
+    let header = |name: header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    // $request_length: request line, headers and body (as declared).
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    let body_len: u64 = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let request_length =
+        (req.method().as_str().len() + uri.len() + 12 + header_bytes) as u64 + body_len;
+    AccessRecord {
+        remote_addr: client,
+        time: SystemTime::now(),
+        method: req.method().as_str().to_string(),
+        uri,
+        version: version_str(version),
+        status: 0,
+        body_bytes_sent: 0,
+        referer: header(header::REFERER),
+        user_agent: header(header::USER_AGENT),
+        request_length,
+        request_time: Duration::ZERO,
+        upstream_name: String::new(),
+        upstream_addr: None,
+        upstream_response_length: None,
+        upstream_response_time: None,
+        upstream_status: None,
+        request_id: request_id.to_str().unwrap_or("").to_string(),
+        namespace: labels.namespace.to_string(),
+        ingress: labels.ingress.to_string(),
+        service: labels.service.to_string(),
+    }
+}

@@ -1,0 +1,524 @@
+//! Global settings from the ConfigMap named by `--configmap`, with ingress-nginx's key names,
+//! defaults and value syntax (all values are strings; durations are seconds unless a unit is
+//! given). Also accepts the names the seed cluster uses (`worker-connections`,
+//! `keepalive-timeout`, `client-max-body-size`, `enable-gzip`). Unknown keys and bad values
+//! are reported and the default is used.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+use crate::diagnostics::{Diagnostic, ObjectRef};
+
+/// Which failures let a request be retried on another endpoint (`proxy-next-upstream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextUpstream {
+    /// Connection refused or reset before a response header arrived.
+    pub error: bool,
+    /// Connect or response-header timeout.
+    pub timeout: bool,
+    /// Upstream answered with one of these codes.
+    pub http_500: bool,
+    pub http_502: bool,
+    pub http_503: bool,
+    pub http_504: bool,
+    pub http_403: bool,
+    pub http_404: bool,
+    pub http_429: bool,
+    /// Retry non-idempotent methods (POST, PATCH, LOCK) too.
+    pub non_idempotent: bool,
+}
+
+impl NextUpstream {
+    pub const OFF: NextUpstream = NextUpstream {
+        error: false,
+        timeout: false,
+        http_500: false,
+        http_502: false,
+        http_503: false,
+        http_504: false,
+        http_403: false,
+        http_404: false,
+        http_429: false,
+        non_idempotent: false,
+    };
+
+    /// Parse nginx's `proxy_next_upstream` token list, e.g. `error timeout http_502`.
+    pub fn parse(value: &str) -> Result<NextUpstream, String> {
+        let mut out = NextUpstream::OFF;
+        for token in value.split_whitespace() {
+            match token {
+                "error" => out.error = true,
+                "timeout" => out.timeout = true,
+                "invalid_header" => out.error = true,
+                "http_500" => out.http_500 = true,
+                "http_502" => out.http_502 = true,
+                "http_503" => out.http_503 = true,
+                "http_504" => out.http_504 = true,
+                "http_403" => out.http_403 = true,
+                "http_404" => out.http_404 = true,
+                "http_429" => out.http_429 = true,
+                "non_idempotent" => out.non_idempotent = true,
+                "off" => return Ok(NextUpstream::OFF),
+                other => return Err(format!("unknown token {other:?}")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether an upstream response with this status may be retried elsewhere.
+    pub fn retries_status(&self, status: u16) -> bool {
+        match status {
+            500 => self.http_500,
+            502 => self.http_502,
+            503 => self.http_503,
+            504 => self.http_504,
+            403 => self.http_403,
+            404 => self.http_404,
+            429 => self.http_429,
+            _ => false,
+        }
+    }
+}
+
+/// Validated global settings. Every field documents its ConfigMap key and default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `use-forwarded-headers` (false): trust incoming X-Forwarded-Proto/-Port/-Host and take
+    /// the client address from `forwarded-for-header`.
+    pub use_forwarded_headers: bool,
+    /// `compute-full-forwarded-for` (false): append the peer to the incoming X-Forwarded-For
+    /// instead of replacing it (only with use-forwarded-headers).
+    pub compute_full_forwarded_for: bool,
+    /// `forwarded-for-header` (X-Forwarded-For): where the real client address is read from.
+    /// The seed cluster behind a Cloudflare tunnel sets `CF-Connecting-IP`.
+    pub forwarded_for_header: HeaderName,
+    /// `enable-real-ip` (false): read the client address from `forwarded-for-header` without
+    /// trusting the other forwarded headers.
+    pub enable_real_ip: bool,
+    /// `proxy-real-ip-cidr` (0.0.0.0/0): peers whose forwarded address is believed.
+    pub proxy_real_ip_cidr: Vec<IpNet>,
+    /// `server-tokens` (false): send `Server: sluice`; otherwise no Server header at all.
+    pub server_tokens: bool,
+    /// `generate-request-id` (true): add X-Request-ID when the request has none.
+    pub generate_request_id: bool,
+    /// `proxy-connect-timeout` (5 s).
+    pub proxy_connect_timeout: Duration,
+    /// `proxy-read-timeout` (60 s): wait for the response header, and between two reads of the
+    /// response body.
+    pub proxy_read_timeout: Duration,
+    /// `proxy-send-timeout` (60 s): between two writes of the request body to the upstream.
+    pub proxy_send_timeout: Duration,
+    /// `proxy-next-upstream` (`error timeout`).
+    pub proxy_next_upstream: NextUpstream,
+    /// `proxy-next-upstream-tries` (3): attempts in all, 0 meaning no limit but the endpoints.
+    pub proxy_next_upstream_tries: u32,
+    /// `proxy-next-upstream-timeout` (0 = none): total time for all attempts.
+    pub proxy_next_upstream_timeout: Duration,
+    /// `keep-alive` / `keepalive-timeout` (75 s): idle time of a client keep-alive connection.
+    pub keep_alive: Duration,
+    /// `keep-alive-requests` (1000): requests per client connection before it is closed (the
+    /// last response carries `Connection: close`).
+    pub keep_alive_requests: u64,
+    /// `client-header-timeout` (60 s): time to receive a request header.
+    pub client_header_timeout: Duration,
+    /// `upstream-keepalive-connections` (320): idle upstream connections kept per endpoint;
+    /// 0 disables upstream keep-alive.
+    pub upstream_keepalive_connections: usize,
+    /// `upstream-keepalive-timeout` (60 s): idle upstream connections are closed after this.
+    pub upstream_keepalive_timeout: Duration,
+    /// `upstream-keepalive-requests` (10000): requests per upstream connection.
+    pub upstream_keepalive_requests: u64,
+    /// `upstream-keepalive-time` (1h): maximum age of an upstream connection.
+    pub upstream_keepalive_time: Duration,
+    /// `max-worker-connections` / `worker-connections` (16384): concurrent client connections.
+    pub max_worker_connections: usize,
+    /// `worker-processes` (number of CPUs; `auto`): runtime worker threads.
+    pub worker_processes: Option<usize>,
+    /// `disable-access-log` (false).
+    pub disable_access_log: bool,
+    /// `skip-access-log-urls` (empty): request paths never logged.
+    pub skip_access_log_urls: Vec<String>,
+    /// `log-format-escape-json` (false): escape variables in the access log as JSON strings.
+    pub log_format_escape_json: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            use_forwarded_headers: false,
+            compute_full_forwarded_for: false,
+            forwarded_for_header: HeaderName::from_static("x-forwarded-for"),
+            enable_real_ip: false,
+            proxy_real_ip_cidr: vec![
+                "0.0.0.0/0".parse().expect("static CIDR"),
+                "::/0".parse().expect("static CIDR"),
+            ],
+            server_tokens: false,
+            generate_request_id: true,
+            proxy_connect_timeout: Duration::from_secs(5),
+            proxy_read_timeout: Duration::from_secs(60),
+            proxy_send_timeout: Duration::from_secs(60),
+            proxy_next_upstream: NextUpstream {
+                error: true,
+                timeout: true,
+                ..NextUpstream::OFF
+            },
+            proxy_next_upstream_tries: 3,
+            proxy_next_upstream_timeout: Duration::ZERO,
+            keep_alive: Duration::from_secs(75),
+            keep_alive_requests: 1000,
+            client_header_timeout: Duration::from_secs(60),
+            upstream_keepalive_connections: 320,
+            upstream_keepalive_timeout: Duration::from_secs(60),
+            upstream_keepalive_requests: 10000,
+            upstream_keepalive_time: Duration::from_secs(3600),
+            max_worker_connections: 16384,
+            worker_processes: None,
+            disable_access_log: false,
+            skip_access_log_urls: Vec::new(),
+            log_format_escape_json: false,
+        }
+    }
+}
+
+/// ingress-nginx's default `log-format-upstream`; the only access log format Sluice renders.
+pub const DEFAULT_LOG_FORMAT_UPSTREAM: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_length $request_time [$proxy_upstream_name] [$proxy_alternative_upstream_name] $upstream_addr $upstream_response_length $upstream_response_time $upstream_status $req_id"#;
+
+/// ingress-nginx ConfigMap keys Sluice knows but does not act on yet. They are reported as
+/// such, never silently dropped.
+const NOT_YET_SUPPORTED: &[&str] = &[
+    "proxy-body-size",
+    "client-max-body-size",
+    "client-body-buffer-size",
+    "client-body-timeout",
+    "use-gzip",
+    "enable-gzip",
+    "gzip-level",
+    "gzip-types",
+    "gzip-min-length",
+    "gzip-disable",
+    "enable-brotli",
+    "brotli-level",
+    "brotli-types",
+    "brotli-min-length",
+    "large-client-header-buffers",
+    "client-header-buffer-size",
+    "limit-req-status-code",
+    "limit-conn-status-code",
+    "whitelist-source-range",
+    "allowlist-source-range",
+    "denylist-source-range",
+    "block-cidrs",
+    "block-user-agents",
+    "block-referers",
+    "ssl-redirect",
+    "force-ssl-redirect",
+    "hsts",
+    "hsts-max-age",
+    "hsts-include-subdomains",
+    "hsts-preload",
+    "ssl-protocols",
+    "ssl-ciphers",
+    "use-http2",
+    "http2-max-concurrent-streams",
+    "http-redirect-code",
+    "no-tls-redirect-locations",
+    "custom-http-errors",
+    "proxy-request-buffering",
+    "proxy-buffering",
+    "proxy-buffer-size",
+    "proxy-http-version",
+    "proxy-set-headers",
+    "add-headers",
+    "hide-headers",
+    "load-balance",
+    "global-auth-url",
+    "enable-opentelemetry",
+    "use-proxy-protocol",
+];
+
+/// Raw-nginx keys that inject configuration text; Sluice never executes them.
+const NEVER_SUPPORTED: &[&str] = &[
+    "main-snippet",
+    "http-snippet",
+    "server-snippet",
+    "location-snippet",
+    "stream-snippet",
+    "global-auth-snippet",
+    "modsecurity-snippet",
+    "lua-shared-dicts",
+];
+
+impl Settings {
+    /// Build settings from a ConfigMap's data. `object` names the ConfigMap in diagnostics.
+    pub fn from_configmap(
+        data: &BTreeMap<String, String>,
+        object: &ObjectRef,
+    ) -> (Settings, Vec<Diagnostic>) {
+        let mut s = Settings::default();
+        let mut diags = Vec::new();
+        for (key, raw) in data {
+            let value = raw.trim();
+            let mut bad = |reason: String| {
+                diags.push(Diagnostic::warning(
+                    object.clone(),
+                    format!("data.{key}"),
+                    format!("invalid value {raw:?}: {reason}; using the default"),
+                ))
+            };
+            match key.as_str() {
+                "use-forwarded-headers" => set(&mut s.use_forwarded_headers, parse_bool(value), &mut bad),
+                "compute-full-forwarded-for" => set(&mut s.compute_full_forwarded_for, parse_bool(value), &mut bad),
+                "forwarded-for-header" => set(
+                    &mut s.forwarded_for_header,
+                    HeaderName::from_bytes(value.as_bytes()).map_err(|e| e.to_string()),
+                    &mut bad,
+                ),
+                "enable-real-ip" => set(&mut s.enable_real_ip, parse_bool(value), &mut bad),
+                "proxy-real-ip-cidr" => set(&mut s.proxy_real_ip_cidr, parse_cidrs(value), &mut bad),
+                "server-tokens" => set(&mut s.server_tokens, parse_bool(value), &mut bad),
+                "generate-request-id" => set(&mut s.generate_request_id, parse_bool(value), &mut bad),
+                "proxy-connect-timeout" => set(&mut s.proxy_connect_timeout, parse_duration(value), &mut bad),
+                "proxy-read-timeout" => set(&mut s.proxy_read_timeout, parse_duration(value), &mut bad),
+                "proxy-send-timeout" => set(&mut s.proxy_send_timeout, parse_duration(value), &mut bad),
+                "proxy-next-upstream" => set(&mut s.proxy_next_upstream, NextUpstream::parse(value), &mut bad),
+                "proxy-next-upstream-tries" => set(&mut s.proxy_next_upstream_tries, parse_num(value), &mut bad),
+                "proxy-next-upstream-timeout" => set(&mut s.proxy_next_upstream_timeout, parse_duration(value), &mut bad),
+                "keep-alive" | "keepalive-timeout" => set(&mut s.keep_alive, parse_duration(value), &mut bad),
+                "keep-alive-requests" => set(&mut s.keep_alive_requests, parse_num(value), &mut bad),
+                "client-header-timeout" => set(&mut s.client_header_timeout, parse_duration(value), &mut bad),
+                "upstream-keepalive-connections" => set(&mut s.upstream_keepalive_connections, parse_num(value), &mut bad),
+                "upstream-keepalive-timeout" => set(&mut s.upstream_keepalive_timeout, parse_duration(value), &mut bad),
+                "upstream-keepalive-requests" => set(&mut s.upstream_keepalive_requests, parse_num(value), &mut bad),
+                "upstream-keepalive-time" => set(&mut s.upstream_keepalive_time, parse_duration(value), &mut bad),
+                "max-worker-connections" | "worker-connections" => {
+                    match parse_num::<usize>(value) {
+                        // ingress-nginx: 0 means "derive from the open-files limit".
+                        Ok(0) => s.max_worker_connections = 16384,
+                        other => set(&mut s.max_worker_connections, other, &mut bad),
+                    }
+                }
+                "worker-processes" => {
+                    if value == "auto" {
+                        s.worker_processes = None;
+                    } else {
+                        match parse_num::<usize>(value) {
+                            Ok(n) if n > 0 => s.worker_processes = Some(n),
+                            Ok(_) => bad("must be a positive number or auto".into()),
+                            Err(e) => bad(e),
+                        }
+                    }
+                }
+                "disable-access-log" => set(&mut s.disable_access_log, parse_bool(value), &mut bad),
+                "skip-access-log-urls" => {
+                    s.skip_access_log_urls = split_list(value).map(str::to_string).collect()
+                }
+                "log-format-escape-json" => set(&mut s.log_format_escape_json, parse_bool(value), &mut bad),
+                "log-format-upstream" => {
+                    if value != DEFAULT_LOG_FORMAT_UPSTREAM {
+                        diags.push(Diagnostic::warning(
+                            object.clone(),
+                            format!("data.{key}"),
+                            "custom access log formats are not supported yet; using ingress-nginx's default format",
+                        ));
+                    }
+                }
+                k if NEVER_SUPPORTED.contains(&k) => diags.push(Diagnostic::warning(
+                    object.clone(),
+                    format!("data.{key}"),
+                    "raw nginx configuration is never executed by Sluice; key ignored",
+                )),
+                k if NOT_YET_SUPPORTED.contains(&k) => diags.push(Diagnostic::warning(
+                    object.clone(),
+                    format!("data.{key}"),
+                    "ingress-nginx key recognised but not implemented in this Sluice version; ignored",
+                )),
+                _ => diags.push(Diagnostic::warning(
+                    object.clone(),
+                    format!("data.{key}"),
+                    "unknown key; ignored",
+                )),
+            }
+        }
+        (s, diags)
+    }
+}
+
+fn set<T>(field: &mut T, parsed: Result<T, String>, bad: &mut impl FnMut(String)) {
+    match parsed {
+        Ok(v) => *field = v,
+        Err(e) => bad(e),
+    }
+}
+
+/// `true`/`false` as Go's strconv.ParseBool reads them.
+pub fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "True" | "TRUE" | "1" | "t" | "T" => Ok(true),
+        "false" | "False" | "FALSE" | "0" | "f" | "F" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+pub fn parse_num<T: std::str::FromStr>(value: &str) -> Result<T, String> {
+    value
+        .parse::<T>()
+        .map_err(|_| "expected a non-negative whole number".to_string())
+}
+
+/// nginx time syntax: a bare number is seconds; units ms, s, m, h, d may be combined
+/// (`1m30s`).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let err = || "expected seconds or an nginx time such as 30s, 5m, 1h".to_string();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = value;
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        total += match unit {
+            "ms" => Duration::from_millis(n),
+            "s" | "" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86400),
+            _ => return Err(err()),
+        };
+    }
+    Ok(total)
+}
+
+/// nginx size syntax: bytes, or with k/m/g (case-insensitive). `0` means unlimited where the
+/// key says so.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let err = || "expected a size such as 8k, 1m or 1g".to_string();
+    let (digits, mult) = match value.chars().last() {
+        Some('k' | 'K') => (&value[..value.len() - 1], 1024),
+        Some('m' | 'M') => (&value[..value.len() - 1], 1024 * 1024),
+        Some('g' | 'G') => (&value[..value.len() - 1], 1024 * 1024 * 1024),
+        _ => (value, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(err)
+}
+
+/// A comma-separated list, blanks dropped.
+pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// A comma-separated list of CIDRs or plain addresses.
+pub fn parse_cidrs(value: &str) -> Result<Vec<IpNet>, String> {
+    split_list(value)
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{item:?} is not an address or CIDR"))
+        })
+        .collect()
+}
+
+/// `worker-processes` from the ConfigMap in the manifests folder, read before the runtime
+/// starts (standalone mode only).
+pub fn worker_processes_hint(cli: &crate::cli::Cli) -> Option<usize> {
+    let dir = cli.manifests.as_ref()?;
+    let cm = cli.configmap.as_ref()?;
+    let mut manifests = crate::source::file::ManifestDir::new(dir);
+    manifests.rescan().ok()?;
+    manifests
+        .objects()
+        .into_iter()
+        .find_map(|(object, _)| match object {
+            crate::store::Object::ConfigMap(c)
+                if c.metadata.name.as_deref() == Some(cm.name.as_str())
+                    && c.metadata.namespace.as_deref() == Some(cm.namespace.as_str()) =>
+            {
+                c.data
+                    .as_ref()?
+                    .get("worker-processes")?
+                    .trim()
+                    .parse()
+                    .ok()
+            }
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> (Settings, Vec<Diagnostic>) {
+        let data = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_configmap(&data, &ObjectRef::new("ConfigMap", "network", "sluice"))
+    }
+
+    #[test]
+    fn both_spellings_of_the_seed_keys() {
+        let (a, d) = settings(&[("keepalive-timeout", "30"), ("worker-connections", "1024")]);
+        assert!(d.is_empty(), "{d:?}");
+        let (b, _) = settings(&[("keep-alive", "30"), ("max-worker-connections", "1024")]);
+        assert_eq!(a, b);
+        assert_eq!(a.keep_alive, Duration::from_secs(30));
+        assert_eq!(a.max_worker_connections, 1024);
+    }
+
+    #[test]
+    fn bad_values_keep_defaults_and_name_the_key() {
+        let (s, d) = settings(&[("proxy-read-timeout", "soon"), ("no-such-key", "1")]);
+        assert_eq!(s.proxy_read_timeout, Duration::from_secs(60));
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[1].field, "data.proxy-read-timeout");
+        assert!(d[1].message.contains("\"soon\""));
+        assert_eq!(d[0].field, "data.no-such-key");
+        assert!(d[0].message.contains("unknown key"));
+    }
+
+    #[test]
+    fn durations_sizes_and_tokens() {
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("x").is_err());
+        assert_eq!(parse_size("50m").unwrap(), 50 * 1024 * 1024);
+        assert_eq!(parse_size("8k").unwrap(), 8192);
+        let n = NextUpstream::parse("error timeout http_502").unwrap();
+        assert!(n.error && n.timeout && n.retries_status(502) && !n.retries_status(503));
+        assert_eq!(NextUpstream::parse("off").unwrap(), NextUpstream::OFF);
+        assert!(NextUpstream::parse("sometimes").is_err());
+    }
+
+    #[test]
+    fn worker_processes_auto() {
+        let (s, d) = settings(&[("worker-processes", "auto")]);
+        assert!(d.is_empty());
+        assert_eq!(s.worker_processes, None);
+        let (s, _) = settings(&[("worker-processes", "2")]);
+        assert_eq!(s.worker_processes, Some(2));
+    }
+}

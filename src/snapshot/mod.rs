@@ -1,0 +1,86 @@
+//! The immutable model the proxy serves from: virtual hosts, routes, backends and settings of
+//! one generation. Built by `translate`, swapped in whole by `publish`; a request loads it
+//! once and sees one generation from start to end. Knows nothing of Kubernetes.
+
+pub mod backend;
+pub mod route;
+
+use std::sync::Arc;
+
+pub use backend::{Backend, BackendKind};
+pub use route::{RouteMatch, Router, VHost};
+
+use crate::settings::Settings;
+
+/// Index of a [`Route`] in [`Snapshot::routes`].
+pub type RouteId = u32;
+/// Index of a [`Backend`] in [`Snapshot::backends`].
+pub type BackendId = u32;
+
+/// What a matched route does with the request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Proxy to this backend.
+    Backend(BackendId),
+    /// The built-in default backend: 404 with nginx's page.
+    NotFound,
+}
+
+/// Metric and log labels of a route, rendered once per snapshot rather than per request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct RouteLabels {
+    pub namespace: Arc<str>,
+    pub ingress: Arc<str>,
+    pub service: Arc<str>,
+    pub service_port: Arc<str>,
+    /// The Ingress path (never the request URI, so cardinality stays bounded).
+    pub path: Arc<str>,
+    /// The configured host of the virtual host (`*.example.com` for wildcards, empty for
+    /// rules without host and for the default backend).
+    pub host: Arc<str>,
+}
+
+/// One location: where matching requests go, and how they are labelled.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub target: Target,
+    pub labels: RouteLabels,
+}
+
+/// One generation of configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every publish; 0 for a snapshot never published.
+    pub generation: u64,
+    pub router: Router,
+    pub routes: Vec<Route>,
+    pub backends: Vec<Arc<Backend>>,
+    pub settings: Arc<Settings>,
+    /// Hash of the inputs that produced this snapshot (`config_hash` metric).
+    pub config_hash: u64,
+}
+
+impl Snapshot {
+    /// A snapshot that answers every request with the default backend's 404.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            generation: 0,
+            router: Router::new(VHost::with_fallback(0)),
+            routes: vec![Route {
+                target: Target::NotFound,
+                labels: RouteLabels::default(),
+            }],
+            backends: Vec::new(),
+            settings: Arc::new(Settings::default()),
+            config_hash: 0,
+        }
+    }
+
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id as usize]
+    }
+
+    pub fn backend(&self, id: BackendId) -> &Arc<Backend> {
+        &self.backends[id as usize]
+    }
+}

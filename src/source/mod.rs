@@ -1,0 +1,5 @@
+//! Where objects come from. Every source turns what it reads into [`crate::store::StoreEvent`]s;
+//! nothing downstream knows which source produced an object.
+
+pub mod file;
+pub mod manifest;

@@ -1,0 +1,615 @@
+//! Translation: the store's Kubernetes objects in, one [`Snapshot`] and a list of
+//! [`Diagnostic`]s out. Pure and total: no I/O, no clock, no async. A broken object becomes a
+//! diagnostic and is skipped; it never stops the rest of the configuration.
+
+pub mod backends;
+pub mod class;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+
+use crate::cli::{Cli, NamespacedName};
+use crate::diagnostics::{Diagnostic, ObjectRef};
+use crate::settings::Settings;
+use crate::snapshot::{Route, RouteId, RouteLabels, Router, Snapshot, Target, VHost};
+use crate::store::{Kind, Store};
+use backends::{Backends, PortRef};
+use class::{ClassDecision, ClassFilter};
+
+/// Annotation prefix of ingress-nginx.
+pub const NGINX_ANNOTATION_PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// The controller flags that translation depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TranslateOptions {
+    pub ingress_class: String,
+    pub controller_class: String,
+    pub ingress_class_by_name: bool,
+    pub watch_ingress_without_class: bool,
+    pub default_backend_service: Option<NamespacedName>,
+    pub configmap: Option<NamespacedName>,
+    pub watch_namespace: Option<String>,
+}
+
+impl From<&Cli> for TranslateOptions {
+    fn from(cli: &Cli) -> TranslateOptions {
+        TranslateOptions {
+            ingress_class: cli.ingress_class.clone(),
+            controller_class: cli.controller_class.clone(),
+            ingress_class_by_name: cli.ingress_class_by_name,
+            watch_ingress_without_class: cli.watch_ingress_without_class,
+            default_backend_service: cli.default_backend_service.clone(),
+            configmap: cli.configmap.clone(),
+            watch_namespace: cli.watch_namespace.clone(),
+        }
+    }
+}
+
+/// The result of one translation.
+#[derive(Debug)]
+pub struct Translation {
+    pub snapshot: Snapshot,
+    pub diagnostics: Vec<Diagnostic>,
+    /// Ingresses served by this controller, `namespace/name`.
+    pub served_ingresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PathType {
+    Exact,
+    Prefix,
+    ImplementationSpecific,
+}
+
+/// One path of one Ingress, waiting to be placed in its server.
+struct PathEntry {
+    path: String,
+    path_type: PathType,
+    route: RouteId,
+}
+
+/// Servers in the order their hosts first appeared.
+#[derive(Default)]
+struct Servers {
+    order: Vec<(String, RouteId, Vec<PathEntry>)>,
+    by_host: HashMap<String, usize>,
+}
+
+impl Servers {
+    fn get_or_insert(
+        &mut self,
+        host: &str,
+        fallback: impl FnOnce() -> RouteId,
+    ) -> &mut Vec<PathEntry> {
+        let index = match self.by_host.get(host) {
+            Some(index) => *index,
+            None => {
+                self.order.push((host.to_string(), fallback(), Vec::new()));
+                self.by_host.insert(host.to_string(), self.order.len() - 1);
+                self.order.len() - 1
+            }
+        };
+        &mut self.order[index].2
+    }
+}
+
+struct Builder<'a> {
+    store: &'a Store,
+    backends: Backends<'a>,
+    routes: Vec<Route>,
+    diagnostics: Vec<Diagnostic>,
+    hasher: std::collections::hash_map::DefaultHasher,
+}
+
+impl Builder<'_> {
+    fn warn(
+        &mut self,
+        object: &ObjectRef,
+        kind: Kind,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let mut d = Diagnostic::warning(object.clone(), field, message);
+        d.origin = self
+            .store
+            .origin(kind, &object.namespace, &object.name)
+            .map(|o| o.to_string());
+        self.diagnostics.push(d);
+    }
+
+    fn add_route(&mut self, route: Route) -> RouteId {
+        route.target.hash(&mut self.hasher);
+        route.labels.hash(&mut self.hasher);
+        self.routes.push(route);
+        (self.routes.len() - 1) as RouteId
+    }
+
+    /// Resolve an Ingress backend to a target; `None` (with a diagnostic) when unusable.
+    fn backend_target(
+        &mut self,
+        object: &ObjectRef,
+        field: &str,
+        backend: &IngressBackend,
+    ) -> Option<(Target, String, String)> {
+        if backend.resource.is_some() {
+            self.warn(
+                object,
+                Kind::Ingress,
+                format!("{field}.resource"),
+                "resource backends are not supported; path skipped",
+            );
+            return None;
+        }
+        let Some(service) = &backend.service else {
+            self.warn(
+                object,
+                Kind::Ingress,
+                field,
+                "backend names no service; path skipped",
+            );
+            return None;
+        };
+        let port = match service.port.as_ref() {
+            Some(p) => match (&p.number, &p.name) {
+                (Some(n), _) if *n > 0 => PortRef::Number(*n),
+                (_, Some(name)) if !name.is_empty() => PortRef::Name(name.clone()),
+                _ => {
+                    self.warn(
+                        object,
+                        Kind::Ingress,
+                        format!("{field}.service.port"),
+                        "needs a number or a name; path skipped",
+                    );
+                    return None;
+                }
+            },
+            None => {
+                self.warn(
+                    object,
+                    Kind::Ingress,
+                    format!("{field}.service.port"),
+                    "missing; path skipped",
+                );
+                return None;
+            }
+        };
+        let (id, problem) = self
+            .backends
+            .resolve(&object.namespace, &service.name, &port);
+        if let Some(problem) = problem {
+            self.warn(object, Kind::Ingress, format!("{field}.service"), problem);
+        }
+        Some((Target::Backend(id), service.name.clone(), port.to_string()))
+    }
+}
+
+/// Sort as ingress-nginx does: oldest creationTimestamp first; equal timestamps by
+/// namespace/name descending.
+fn sort_ingresses(ingresses: &mut [&Arc<Ingress>]) {
+    ingresses.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
+            .then_with(|| {
+                let ka = (&b.metadata.namespace, &b.metadata.name);
+                let kb = (&a.metadata.namespace, &a.metadata.name);
+                ka.cmp(&kb)
+            })
+    });
+}
+
+/// Validate and normalise a rule host: lower case; `*.` only as a whole first label.
+fn normalize_host(host: &str) -> Result<String, String> {
+    let host = host.trim().to_ascii_lowercase();
+    let name = host.strip_prefix("*.").unwrap_or(&host);
+    if host == "*" {
+        return Err("`*` alone is not a valid host; omit the host to match every name".into());
+    }
+    if name.is_empty()
+        || name.contains('*')
+        || name.contains(':')
+        || name.contains('/')
+        || name.split('.').any(|label| label.is_empty())
+    {
+        return Err(format!(
+            "{host:?} is not a valid host name (a DNS name, optionally starting with `*.`)"
+        ));
+    }
+    Ok(host)
+}
+
+/// Build the snapshot for the objects in `store`.
+pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
+    let mut b = Builder {
+        store,
+        backends: Backends::new(store),
+        routes: Vec::new(),
+        diagnostics: Vec::new(),
+        hasher: Default::default(),
+    };
+
+    // Global settings.
+    let settings = match &options.configmap {
+        Some(cm) => match store
+            .config_maps
+            .get(&(cm.namespace.clone(), cm.name.clone()))
+        {
+            Some(config_map) => {
+                let object = ObjectRef::new("ConfigMap", &cm.namespace, &cm.name);
+                let empty = Default::default();
+                let (settings, diags) =
+                    Settings::from_configmap(config_map.data.as_ref().unwrap_or(&empty), &object);
+                for d in diags {
+                    b.warn(&d.object, Kind::ConfigMap, d.field, d.message);
+                }
+                settings
+            }
+            None => Settings::default(),
+        },
+        None => Settings::default(),
+    };
+    format!("{settings:?}").hash(&mut b.hasher);
+
+    // Route 0: the global default backend.
+    let default_route = default_backend_route(&mut b, options);
+
+    let filter = ClassFilter::new(store, options);
+    let mut served: Vec<&Arc<Ingress>> = Vec::new();
+    for ((namespace, name), ingress) in &store.ingresses {
+        if let Some(ns) = &options.watch_namespace {
+            if ns != namespace {
+                continue;
+            }
+        }
+        match filter.decide(ingress) {
+            ClassDecision::Served => served.push(ingress),
+            ClassDecision::Ignored(reason) => {
+                tracing::debug!(ingress = %format!("{namespace}/{name}"), "not served: {reason}");
+            }
+        }
+    }
+    sort_ingresses(&mut served);
+
+    let mut servers = Servers::default();
+    let mut catch_all_entries: Vec<PathEntry> = Vec::new();
+    let mut catch_all_fallback = default_route;
+    let mut catch_all_taken = false;
+    // (host, path, pathType) -> the Ingress that defined it first.
+    let mut defined: HashMap<(String, String, PathType), String> = HashMap::new();
+    let mut served_names = Vec::new();
+
+    for ingress in served {
+        let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
+        let name = ingress.metadata.name.clone().unwrap_or_default();
+        let object = ObjectRef::new("Ingress", &namespace, &name);
+        served_names.push(format!("{namespace}/{name}"));
+        report_unsupported(&mut b, &object, ingress);
+        let Some(spec) = &ingress.spec else {
+            b.warn(&object, Kind::Ingress, "spec", "missing; nothing to serve");
+            continue;
+        };
+        let rules = spec.rules.as_deref().unwrap_or(&[]);
+
+        // spec.defaultBackend: the implicit `/` of this Ingress's hosts, and the catch-all
+        // server when the Ingress has no rules (oldest such Ingress wins).
+        let own_default = match &spec.default_backend {
+            Some(backend) => b.backend_target(&object, "spec.defaultBackend", backend),
+            None => None,
+        };
+        if rules.is_empty() {
+            match &own_default {
+                Some((target, service, port)) if !catch_all_taken => {
+                    catch_all_taken = true;
+                    catch_all_fallback = b.add_route(Route {
+                        target: target.clone(),
+                        labels: RouteLabels {
+                            namespace: namespace.as_str().into(),
+                            ingress: name.as_str().into(),
+                            service: service.as_str().into(),
+                            service_port: port.as_str().into(),
+                            path: "/".into(),
+                            host: "".into(),
+                        },
+                    });
+                }
+                Some(_) => b.warn(
+                    &object,
+                    Kind::Ingress,
+                    "spec.defaultBackend",
+                    "an older Ingress already sets the catch-all backend; ignored",
+                ),
+                None if spec.default_backend.is_none() => b.warn(
+                    &object,
+                    Kind::Ingress,
+                    "spec",
+                    "no rules and no defaultBackend; nothing to serve",
+                ),
+                None => {}
+            }
+        }
+
+        for (rule_index, rule) in rules.iter().enumerate() {
+            let rule_field = format!("spec.rules[{rule_index}]");
+            let host = match rule.host.as_deref().filter(|h| !h.is_empty()) {
+                Some(host) => match normalize_host(host) {
+                    Ok(host) => Some(host),
+                    Err(e) => {
+                        b.warn(
+                            &object,
+                            Kind::Ingress,
+                            format!("{rule_field}.host"),
+                            format!("{e}; rule skipped"),
+                        );
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let Some(http) = &rule.http else {
+                // A host with no paths still gets a server (its implicit `/`).
+                if let Some(host) = &host {
+                    let fallback =
+                        host_fallback(&mut b, &own_default, &namespace, &name, host, default_route);
+                    servers.get_or_insert(host, || fallback);
+                }
+                continue;
+            };
+            for (path_index, path) in http.paths.iter().enumerate() {
+                let field = format!("{rule_field}.http.paths[{path_index}]");
+                let path_type = match path.path_type.as_str() {
+                    "Exact" => PathType::Exact,
+                    "Prefix" => PathType::Prefix,
+                    "ImplementationSpecific" | "" => PathType::ImplementationSpecific,
+                    other => {
+                        b.warn(&object, Kind::Ingress, format!("{field}.pathType"), format!("unknown pathType {other:?} (Exact, Prefix or ImplementationSpecific); path skipped"));
+                        continue;
+                    }
+                };
+                let path_value = path
+                    .path
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "/".to_string());
+                if !path_value.starts_with('/') {
+                    b.warn(
+                        &object,
+                        Kind::Ingress,
+                        format!("{field}.path"),
+                        format!("{path_value:?} must start with `/`; path skipped"),
+                    );
+                    continue;
+                }
+                if path_value
+                    .bytes()
+                    .any(|c| c.is_ascii_control() || c == b' ')
+                {
+                    b.warn(
+                        &object,
+                        Kind::Ingress,
+                        format!("{field}.path"),
+                        "contains spaces or control characters; path skipped",
+                    );
+                    continue;
+                }
+                let host_key = host.clone().unwrap_or_default();
+                let conflict_key = (host_key.clone(), path_value.clone(), path_type);
+                if let Some(first) = defined.get(&conflict_key) {
+                    let shown_host = if host_key.is_empty() {
+                        "(any host)"
+                    } else {
+                        host_key.as_str()
+                    };
+                    b.warn(&object, Kind::Ingress, format!("{field}.path"), format!("host {shown_host} path {path_value} ({:?}) is already defined by the older Ingress {first}; ignored", path_type));
+                    continue;
+                }
+                let Some((target, service, port)) =
+                    b.backend_target(&object, &format!("{field}.backend"), &path.backend)
+                else {
+                    continue;
+                };
+                defined.insert(conflict_key, format!("{namespace}/{name}"));
+                let route = b.add_route(Route {
+                    target,
+                    labels: RouteLabels {
+                        namespace: namespace.as_str().into(),
+                        ingress: name.as_str().into(),
+                        service: service.as_str().into(),
+                        service_port: port.as_str().into(),
+                        path: path_value.as_str().into(),
+                        host: host_key.as_str().into(),
+                    },
+                });
+                let entry = PathEntry {
+                    path: path_value,
+                    path_type,
+                    route,
+                };
+                match &host {
+                    Some(host) => {
+                        let fallback_needed = !servers.by_host.contains_key(host);
+                        let fallback = if fallback_needed {
+                            host_fallback(
+                                &mut b,
+                                &own_default,
+                                &namespace,
+                                &name,
+                                host,
+                                default_route,
+                            )
+                        } else {
+                            0
+                        };
+                        servers.get_or_insert(host, || fallback).push(entry);
+                    }
+                    None => catch_all_entries.push(entry),
+                }
+            }
+        }
+    }
+
+    let mut catch_all = VHost::with_fallback(catch_all_fallback);
+    place_locations(&mut catch_all, &catch_all_entries, &mut b.hasher);
+    let mut router = Router::new(catch_all);
+    for (host, fallback, entries) in &servers.order {
+        host.hash(&mut b.hasher);
+        let vhost = router.vhost_mut(host, *fallback);
+        place_locations(vhost, entries, &mut b.hasher);
+    }
+    for backend in &b.backends.list {
+        backend.name.hash(&mut b.hasher);
+        format!("{:?}", backend.kind).hash(&mut b.hasher);
+    }
+
+    let config_hash = b.hasher.finish();
+    Translation {
+        snapshot: Snapshot {
+            generation: 0,
+            router,
+            routes: b.routes,
+            backends: b.backends.list,
+            settings: Arc::new(settings),
+            config_hash,
+        },
+        diagnostics: b.diagnostics,
+        served_ingresses: served_names,
+    }
+}
+
+/// Route 0: `--default-backend-service` (its first port) or the built-in 404.
+fn default_backend_route(b: &mut Builder<'_>, options: &TranslateOptions) -> RouteId {
+    let mut route = Route {
+        target: Target::NotFound,
+        labels: RouteLabels::default(),
+    };
+    if let Some(svc) = &options.default_backend_service {
+        let object = ObjectRef::new("Service", &svc.namespace, &svc.name);
+        let first_port = b
+            .store
+            .services
+            .get(&(svc.namespace.clone(), svc.name.clone()))
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|p| p.first())
+            .map(|p| p.port);
+        match first_port {
+            Some(port) => {
+                let (id, problem) = b.backends.resolve(&svc.namespace, &svc.name, &PortRef::Number(port));
+                if let Some(problem) = problem {
+                    b.warn(&object, Kind::Service, "", format!("--default-backend-service: {problem}"));
+                }
+                route.target = Target::Backend(id);
+                route.labels.service = svc.name.as_str().into();
+                route.labels.service_port = port.to_string().into();
+            }
+            None => b.warn(
+                &object,
+                Kind::Service,
+                "spec.ports",
+                "--default-backend-service names a Service that does not exist or has no port; using the built-in 404",
+            ),
+        }
+    }
+    b.add_route(route)
+}
+
+/// The implicit `/` location of a host, created by the first (oldest) Ingress of the host: its
+/// spec.defaultBackend, else the global default backend.
+fn host_fallback(
+    b: &mut Builder<'_>,
+    own_default: &Option<(Target, String, String)>,
+    namespace: &str,
+    name: &str,
+    host: &str,
+    default_route: RouteId,
+) -> RouteId {
+    let (target, service, port) = match own_default {
+        Some((target, service, port)) => (target.clone(), service.clone(), port.clone()),
+        None => {
+            let route = &b.routes[default_route as usize];
+            (
+                route.target.clone(),
+                route.labels.service.to_string(),
+                route.labels.service_port.to_string(),
+            )
+        }
+    };
+    b.add_route(Route {
+        target,
+        labels: RouteLabels {
+            namespace: namespace.into(),
+            ingress: name.into(),
+            service: service.into(),
+            service_port: port.into(),
+            path: "/".into(),
+            host: host.into(),
+        },
+    })
+}
+
+/// Turn a server's paths into nginx locations as ingress-nginx's `updateServerLocations`
+/// does: Exact -> `= path`; Prefix `/foo` -> `/foo/` plus `= /foo` (unless an Exact `/foo`
+/// exists); Prefix `/` -> `/`; ImplementationSpecific -> a character prefix.
+fn place_locations(vhost: &mut VHost, entries: &[PathEntry], hasher: &mut impl Hasher) {
+    let exact_paths: HashSet<&str> = entries
+        .iter()
+        .filter(|e| e.path_type == PathType::Exact)
+        .map(|e| e.path.as_str())
+        .collect();
+    for entry in entries {
+        (&entry.path, entry.path_type, entry.route).hash(hasher);
+        match entry.path_type {
+            PathType::Exact => {
+                vhost.add_exact(&entry.path, entry.route);
+            }
+            PathType::ImplementationSpecific => {
+                vhost.add_prefix(&entry.path, entry.route);
+            }
+            PathType::Prefix if entry.path == "/" => {
+                vhost.add_prefix("/", entry.route);
+            }
+            PathType::Prefix => {
+                if entry.path.ends_with('/') {
+                    vhost.add_prefix(&entry.path, entry.route);
+                    if !exact_paths.contains(entry.path.as_str()) {
+                        vhost.add_exact(&entry.path, entry.route);
+                    }
+                } else {
+                    vhost.add_prefix(&format!("{}/", entry.path), entry.route);
+                    if !exact_paths.contains(entry.path.as_str()) {
+                        vhost.add_exact(&entry.path, entry.route);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Report what this version does not act on, so nothing is silently ignored.
+fn report_unsupported(b: &mut Builder<'_>, object: &ObjectRef, ingress: &Ingress) {
+    if let Some(annotations) = &ingress.metadata.annotations {
+        for key in annotations.keys() {
+            if let Some(name) = key.strip_prefix(NGINX_ANNOTATION_PREFIX) {
+                b.warn(
+                    object,
+                    Kind::Ingress,
+                    format!("metadata.annotations[{key}]"),
+                    format!("annotation {name} is not implemented in this Sluice version; ignored"),
+                );
+            }
+        }
+    }
+    if ingress
+        .spec
+        .as_ref()
+        .and_then(|s| s.tls.as_ref())
+        .is_some_and(|t| !t.is_empty())
+    {
+        b.warn(object, Kind::Ingress, "spec.tls", "TLS termination is not implemented in this Sluice version; hosts are served over HTTP only");
+    }
+}
+
+#[cfg(test)]
+mod tests;
