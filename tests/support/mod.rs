@@ -1,0 +1,323 @@
+//! Shared helpers for the integration tests: a Sluice started in-process on port 0 over a
+//! temporary manifests folder, real HTTP backends on port 0, manifest builders and a client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice::app::{self, Running};
+use sluice::cli::Cli;
+use tokio::net::TcpListener;
+
+/// A Sluice running in this test's runtime.
+pub struct Sluice {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Sluice {
+    /// Start with `files` (name, content) in a fresh manifests folder. `configure` may change
+    /// flags (ports stay 0). Waits until the first snapshot is live.
+    pub async fn start(files: &[(&str, String)], configure: impl FnOnce(&mut Cli)) -> Sluice {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("write manifest");
+        }
+        let mut cli = Cli::for_test(dir.path());
+        configure(&mut cli);
+        let running = app::start_with_access_log(cli, false)
+            .await
+            .expect("sluice starts");
+        let sluice = Sluice {
+            http: running.http_addr,
+            admin: running.healthz_addr,
+            running: Some(running),
+            dir,
+        };
+        sluice.wait_ready().await;
+        sluice
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Current snapshot generation.
+    pub fn generation(&self) -> u64 {
+        self.running
+            .as_ref()
+            .unwrap()
+            .state
+            .snapshot
+            .load()
+            .generation
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.running.as_ref().unwrap().health.healthy() {
+            assert!(Instant::now() < deadline, "sluice did not become ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Replace a manifest atomically (write a temp file, rename) and wait until a new
+    /// generation is live.
+    pub async fn write(&self, name: &str, content: &str) {
+        let before = self.generation();
+        write_atomic(&self.path(name), content);
+        self.wait_generation_after(before).await;
+    }
+
+    /// Remove a manifest and wait for the new generation.
+    pub async fn remove(&self, name: &str) {
+        let before = self.generation();
+        std::fs::remove_file(self.path(name)).expect("remove manifest");
+        self.wait_generation_after(before).await;
+    }
+
+    pub async fn wait_generation_after(&self, before: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.generation() <= before {
+            assert!(Instant::now() < deadline, "no new configuration within 5 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// GET `path` with `Host: host` on a fresh connection.
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        send(
+            self.http,
+            Request::get(path)
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+pub fn write_atomic(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).expect("write temp manifest");
+    std::fs::rename(&tmp, path).expect("rename manifest");
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The body as JSON (backends answer with what they received).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Send one request on a new HTTP/1.1 connection and read the whole response.
+pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let response = sender.send_request(req).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+/// A real HTTP backend on 127.0.0.1:0 that answers `200` with a JSON description of the
+/// request (`backend`, `method`, `uri`, `headers`), and records what it saw.
+#[derive(Clone)]
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        Backend::start_on("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, name: &str) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (n, h, s) = (name.to_string(), hits.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (n, h, s) = (n.clone(), h.clone(), s.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (n, h, s) = (n.clone(), h.clone(), s.clone());
+                        async move { Ok::<_, Infallible>(echo(&n, &h, &s, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            addr,
+            hits,
+            seen,
+            task: Arc::new(task),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("backend saw a request")
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn echo(
+    name: &str,
+    hits: &AtomicUsize,
+    seen: &Mutex<Vec<Seen>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let headers: BTreeMap<String, String> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body_len: body.len(),
+    });
+    let json = serde_json::json!({
+        "backend": name,
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("x-backend", name)
+        .header("server", "backend-server")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .unwrap()
+}
+
+/// The IngressClass Sluice serves with default flags.
+pub fn ingress_class() -> String {
+    ingress_class_named("nginx", "k8s.io/ingress-nginx")
+}
+
+pub fn ingress_class_named(name: &str, controller: &str) -> String {
+    format!("apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: {name}\nspec:\n  controller: {controller}\n---\n")
+}
+
+/// A Service with one unnamed-or-named port and an EndpointSlice listing `endpoints`
+/// (all ready). Endpoint ports come from the addresses.
+pub fn service(namespace: &str, name: &str, port: u16, endpoints: &[SocketAddr]) -> String {
+    let mut out = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  ports:\n  - name: http\n    port: {port}\n---\n"
+    );
+    // One slice per endpoint, as many clusters have (one per pod).
+    for (i, ep) in endpoints.iter().enumerate() {
+        out.push_str(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{i}\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: http\n  port: {}\nendpoints:\n- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n---\n",
+            ep.port(),
+            ep.ip()
+        ));
+    }
+    out
+}
+
+/// An Ingress of class `nginx` with one rule: `host` (empty for none) and `paths` as
+/// (path, pathType, service, port).
+pub fn ingress(
+    namespace: &str,
+    name: &str,
+    host: &str,
+    paths: &[(&str, &str, &str, u16)],
+) -> String {
+    let mut out = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  ingressClassName: nginx\n  rules:\n  - "
+    );
+    if !host.is_empty() {
+        out.push_str(&format!("host: {host}\n    "));
+    }
+    out.push_str("http:\n      paths:\n");
+    for (path, path_type, svc, port) in paths {
+        out.push_str(&format!(
+            "      - path: {path}\n        pathType: {path_type}\n        backend:\n          service:\n            name: {svc}\n            port:\n              number: {port}\n"
+        ));
+    }
+    out.push_str("---\n");
+    out
+}
