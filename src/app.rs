@@ -204,16 +204,17 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
 }
 
 impl Running {
-    /// Graceful shutdown: /healthz 503 at once; keep serving for the grace period; stop
-    /// accepting; announce `Connection: close` on every further response; let requests in
+    /// Graceful shutdown: /healthz 503 and `Connection: close` on every further HTTP/1
+    /// response at once (keep-alive clients move to new connections, which the load balancer
+    /// sends elsewhere); keep serving for the grace period; stop accepting; let requests in
     /// flight and WebSockets finish within the drain timeout.
     pub async fn shutdown(self) {
         self.health.shutting_down.store(true, Ordering::Release);
+        self.state.draining.store(true, Ordering::Release);
         tracing::info!(grace = ?self.grace_period, drain = ?self.drain_timeout, "shutting down");
         if !self.grace_period.is_zero() {
             tokio::time::sleep(self.grace_period).await;
         }
-        self.state.draining.store(true, Ordering::Release);
         let _ = self.stop_accepting.send(true);
         // Give idle keep-alive clients a moment to send a request that is still answered
         // (with Connection: close) before their connections are closed.

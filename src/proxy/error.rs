@@ -106,11 +106,18 @@ impl ProxyError {
 /// nginx's built-in error page for a status (the body ingress-nginx users see; the default
 /// backend's 404 is byte-for-byte nginx's).
 pub fn error_page(status: StatusCode) -> Bytes {
-    let title = format!(
-        "{} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error")
-    );
+    // nginx's own wording where it differs from the RFC reason phrase.
+    let reason = match status.as_u16() {
+        401 => "Authorization Required",
+        405 => "Not Allowed",
+        408 => "Request Time-out",
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Large",
+        503 => "Service Temporarily Unavailable",
+        504 => "Gateway Time-out",
+        _ => status.canonical_reason().unwrap_or("Error"),
+    };
+    let title = format!("{} {reason}", status.as_u16());
     Bytes::from(format!(
         "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
     ))

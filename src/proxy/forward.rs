@@ -114,6 +114,7 @@ pub fn upstream_headers(
     }
     strip_hop_by_hop(&mut headers);
     headers.remove(&PROXY); // httpoxy
+    headers.remove(header::EXPECT); // nginx answers 100-continue itself and never forwards it
 
     let incoming_xff = incoming
         .get(&X_FORWARDED_FOR)
@@ -442,7 +443,9 @@ async fn wait_for_response(
 }
 
 /// Copy both ways until either side closes, or nothing moves for `idle` (nginx closes an idle
-/// WebSocket after proxy-read-timeout).
+/// WebSocket after proxy-read-timeout). As nginx does, the end of either side ends the tunnel
+/// (the other side gets a FIN): a half-closed tunnel would otherwise linger until the idle
+/// timeout and hold up a graceful shutdown.
 async fn tunnel<A, B>(mut client: A, mut upstream: B, idle: Duration)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -451,16 +454,14 @@ where
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut a = vec![0u8; 16 * 1024];
     let mut b = vec![0u8; 16 * 1024];
-    let mut client_open = true;
-    let mut upstream_open = true;
-    while client_open || upstream_open {
+    loop {
         tokio::select! {
-            r = client.read(&mut a), if client_open => match r {
-                Ok(0) | Err(_) => { client_open = false; let _ = upstream.shutdown().await; if !upstream_open { break } }
+            r = client.read(&mut a) => match r {
+                Ok(0) | Err(_) => { let _ = upstream.shutdown().await; break }
                 Ok(n) => if upstream.write_all(&a[..n]).await.is_err() { break },
             },
-            r = upstream.read(&mut b), if upstream_open => match r {
-                Ok(0) | Err(_) => { upstream_open = false; let _ = client.shutdown().await; if !client_open { break } }
+            r = upstream.read(&mut b) => match r {
+                Ok(0) | Err(_) => { let _ = client.shutdown().await; break }
                 Ok(n) => if client.write_all(&b[..n]).await.is_err() { break },
             },
             _ = tokio::time::sleep(idle) => break,

@@ -83,4 +83,72 @@ impl Snapshot {
     pub fn backend(&self, id: BackendId) -> &Arc<Backend> {
         &self.backends[id as usize]
     }
+
+    /// A deterministic text dump of the routing table, for golden tests and debugging: the
+    /// servers (exact hosts sorted, then wildcards sorted, then the catch-all `_`), each with
+    /// its `=` locations (sorted), its prefix locations in match order (longest first) and its
+    /// fallback (the implicit `/`), then every backend with its endpoints.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let mut hosts: Vec<(String, &VHost)> = self
+            .router
+            .hosts()
+            .map(|(h, v)| (h.to_string(), v))
+            .collect();
+        hosts.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut wildcards: Vec<(String, &VHost)> = self
+            .router
+            .wildcard_hosts()
+            .map(|(h, v)| (format!("*.{h}"), v))
+            .collect();
+        wildcards.sort_by(|a, b| a.0.cmp(&b.0));
+        hosts.extend(wildcards);
+        hosts.push(("_".to_string(), &self.router.catch_all));
+        for (host, vhost) in hosts {
+            let _ = writeln!(out, "server {host}");
+            let mut exact: Vec<(&str, RouteId)> =
+                vhost.exact.iter().map(|(p, r)| (&**p, *r)).collect();
+            exact.sort();
+            for (path, route) in exact {
+                let _ = writeln!(out, "  = {path} -> {}", self.describe_route(route));
+            }
+            for (path, route) in vhost.prefixes() {
+                let _ = writeln!(out, "  {path} -> {}", self.describe_route(route));
+            }
+            let _ = writeln!(out, "  fallback -> {}", self.describe_route(vhost.fallback));
+        }
+        for backend in &self.backends {
+            let kind = match &backend.kind {
+                BackendKind::Endpoints(endpoints) if endpoints.is_empty() => {
+                    "no ready endpoints".to_string()
+                }
+                BackendKind::Endpoints(endpoints) => endpoints
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                BackendKind::ExternalName { host, port } => format!("ExternalName {host}:{port}"),
+                BackendKind::Missing => "missing".to_string(),
+            };
+            let _ = writeln!(out, "backend {}: {kind}", backend.name);
+        }
+        out
+    }
+
+    fn describe_route(&self, id: RouteId) -> String {
+        let route = self.route(id);
+        let target = match &route.target {
+            Target::Backend(b) => self.backend(*b).name.clone(),
+            Target::NotFound => "default-404".to_string(),
+        };
+        let l = &route.labels;
+        if l.ingress.is_empty() {
+            return target;
+        }
+        format!(
+            "{target} (ingress {}/{} service {}:{} path {} host {:?})",
+            l.namespace, l.ingress, l.service, l.service_port, l.path, &*l.host
+        )
+    }
 }

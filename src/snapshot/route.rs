@@ -16,6 +16,8 @@ pub struct VHost {
     prefixes: Vec<Prefix>,
     /// Where requests that match no location go (the host's implicit `/`).
     pub fallback: RouteId,
+    /// Some `exact` path ends with `/` (only then can an exact location redirect).
+    exact_with_slash: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,7 @@ impl VHost {
             exact: HashMap::new(),
             prefixes: Vec::new(),
             fallback,
+            exact_with_slash: false,
         }
     }
 
@@ -47,6 +50,7 @@ impl VHost {
         if self.exact.contains_key(path) {
             return false;
         }
+        self.exact_with_slash |= path.ends_with('/');
         self.exact.insert(path.into(), route);
         true
     }
@@ -73,19 +77,33 @@ impl VHost {
         self.prefixes.iter().any(|p| &*p.path == path)
     }
 
+    /// `location path` entries in match order (longest first).
+    pub fn prefixes(&self) -> impl Iterator<Item = (&str, RouteId)> {
+        self.prefixes.iter().map(|p| (&*p.path, p.route))
+    }
+
     /// nginx's location selection for a non-regex server.
     pub fn match_path(&self, path: &str) -> RouteMatch {
         if let Some(route) = self.exact.get(path) {
             return RouteMatch::Route(*route);
         }
-        let mut redirect = None;
+        // nginx's auto-redirect applies to `location = /foo/` as well (proxy_pass sets it on
+        // any location whose name ends with `/`).
+        let mut redirect = if !self.exact_with_slash {
+            None
+        } else {
+            let mut with_slash = String::with_capacity(path.len() + 1);
+            with_slash.push_str(path);
+            with_slash.push('/');
+            self.exact.get(with_slash.as_str()).copied()
+        };
         for prefix in &self.prefixes {
             let p = prefix.path.as_bytes();
             if path.len() + 1 == p.len() && p[p.len() - 1] == b'/' && p.starts_with(path.as_bytes())
             {
                 // A longer location `/foo/` for a request `/foo`: nginx answers 301 unless a
                 // location named exactly `/foo` exists (checked below, it would be shorter).
-                redirect = Some(prefix.route);
+                redirect = redirect.or(Some(prefix.route));
                 continue;
             }
             if path.as_bytes().starts_with(p) {
@@ -228,6 +246,11 @@ mod tests {
         w.add_prefix("/", 1);
         assert_eq!(w.match_path("/"), RouteMatch::Route(1));
         assert_eq!(w.match_path("/anything"), RouteMatch::Route(1));
+        // `location = /bar/` redirects `/bar` too.
+        w.add_exact("/bar/", 2);
+        assert_eq!(w.match_path("/bar"), RouteMatch::AddSlash(2));
+        assert_eq!(w.match_path("/bar/"), RouteMatch::Route(2));
+        assert_eq!(w.match_path("/bar/x"), RouteMatch::Route(1));
     }
 
     #[test]

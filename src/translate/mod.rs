@@ -194,9 +194,16 @@ fn sort_ingresses(ingresses: &mut [&Arc<Ingress>]) {
             .creation_timestamp
             .cmp(&b.metadata.creation_timestamp)
             .then_with(|| {
-                let ka = (&b.metadata.namespace, &b.metadata.name);
-                let kb = (&a.metadata.namespace, &a.metadata.name);
-                ka.cmp(&kb)
+                // `store.go sortIngressSlice` compares the strings "namespace/name" (not the
+                // pair: "a/b" > "a-x/c" although "a" < "a-x").
+                let key = |i: &Ingress| {
+                    format!(
+                        "{}/{}",
+                        i.metadata.namespace.as_deref().unwrap_or(""),
+                        i.metadata.name.as_deref().unwrap_or("")
+                    )
+                };
+                key(b).cmp(&key(a))
             })
     });
 }

@@ -321,3 +321,213 @@ pub fn ingress(
     out.push_str("---\n");
     out
 }
+
+// ---- Added for streaming/reload/shutdown tests: a reusable keep-alive client connection
+// and the real binary as a subprocess. ----
+
+/// One HTTP/1.1 client connection kept open across requests.
+pub struct KeepAliveConn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl KeepAliveConn {
+    pub async fn open(addr: SocketAddr) -> std::io::Result<KeepAliveConn> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(KeepAliveConn { sender, conn })
+    }
+
+    /// Send a request and read the whole response; an error when the connection failed.
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Reply, hyper::Error> {
+        self.sender.ready().await?;
+        let response = self.sender.send_request(req).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<Reply, hyper::Error> {
+        self.send(
+            Request::get(path)
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Whether the connection task ended (the server closed it, or it failed).
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_finished()
+    }
+
+    /// Wait up to `limit` for the connection to end.
+    pub async fn wait_closed(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, &mut self.conn).await.is_ok()
+    }
+}
+
+impl Drop for KeepAliveConn {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+/// Whether a response announces that the server closes the connection after it.
+pub fn announces_close(reply: &Reply) -> bool {
+    reply
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().unwrap_or("").eq_ignore_ascii_case("close"))
+}
+
+/// A port that was free a moment ago (bind 127.0.0.1:0 and drop).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Peak resident set size (VmHWM) of a process, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    proc_status_kib(&format!("/proc/{pid}/status"), "VmHWM:") * 1024
+}
+
+/// This process's peak resident set size, in bytes.
+pub fn own_peak_rss() -> u64 {
+    proc_status_kib("/proc/self/status", "VmHWM:") * 1024
+}
+
+fn proc_status_kib(path: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {path}"))
+}
+
+/// The `sluice` binary running as a child process over a temporary manifests folder, on
+/// free ports. Killed on drop if still running.
+pub struct SluiceProcess {
+    pub child: std::process::Child,
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl SluiceProcess {
+    /// Start with `files` in a fresh folder and `extra` flags; wait until /healthz is 200.
+    pub async fn start(files: &[(&str, String)], extra: &[&str]) -> SluiceProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir(&manifests).expect("mkdir manifests");
+        for (name, content) in files {
+            std::fs::write(manifests.join(name), content).expect("write manifest");
+        }
+        let (http_port, admin_port) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("sluice.log")).expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("--manifests")
+            .arg(&manifests)
+            .args(["--http-port", &http_port.to_string()])
+            .args(["--healthz-port", &admin_port.to_string()])
+            .args(["--metrics-port", &admin_port.to_string()])
+            .args(["--bind-address", "127.0.0.1", "--healthz-host", "127.0.0.1"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice");
+        let mut process = SluiceProcess {
+            child,
+            dir,
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = process.child.try_wait().expect("try_wait") {
+                panic!("sluice exited early ({status}):\n{}", process.log());
+            }
+            if process.healthz().await == Some(StatusCode::OK) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice not healthy within 20 s:\n{}",
+                process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        process
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
+    }
+
+    /// GET /healthz on a fresh connection; None when it cannot be reached (within 2 s).
+    pub async fn healthz(&self) -> Option<StatusCode> {
+        let attempt = async {
+            let mut conn = KeepAliveConn::open(self.admin).await.ok()?;
+            conn.get("localhost", "/healthz")
+                .await
+                .ok()
+                .map(|r| r.status)
+        };
+        tokio::time::timeout(Duration::from_secs(2), attempt)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Send SIGTERM (through kill(1)).
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Wait up to `limit` for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for SluiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
