@@ -23,6 +23,8 @@ pub struct Health {
     pub ready: AtomicBool,
     /// SIGTERM received.
     pub shutting_down: AtomicBool,
+    /// The internal CA's certificate, served at `/internal-ca.crt` (with `--internal-ca`).
+    pub internal_ca_pem: std::sync::OnceLock<Arc<str>>,
 }
 
 impl Health {
@@ -82,6 +84,10 @@ fn route(
                     "no configuration loaded yet\n",
                 )
             }
+        }
+        "/internal-ca.crt" if endpoints.healthz && health.internal_ca_pem.get().is_some() => {
+            let pem = health.internal_ca_pem.get().expect("checked by the guard");
+            respond(StatusCode::OK, "application/x-pem-file", pem.to_string())
         }
         "/metrics" if endpoints.metrics => match metrics.render() {
             Ok(text) => respond(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, text),

@@ -30,15 +30,88 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--internal-ca: {0}")]
+    InternalCa(String),
+    #[error("cannot generate the fake TLS certificate: {0}")]
+    FakeCertificate(String),
     #[error("--manifests {0}: not a readable folder")]
     Manifests(String),
-    #[error("Kubernetes mode (no --manifests) is not implemented in this version; run with --manifests DIR")]
-    NoSource,
+    #[error("Kubernetes mode: {0}")]
+    Kube(#[from] crate::source::kube::ClientError),
+}
+
+/// Where objects come from: the manifest folder, or the API server.
+enum Source {
+    Dir(std::path::PathBuf),
+    Kube(kube::Client),
+}
+
+/// The cluster-mode tasks that must stop in order: status (may clear Ingress status), then
+/// the leader election (releases the Lease).
+struct KubeTasks {
+    stop_status: watch::Sender<bool>,
+    status: Option<JoinHandle<()>>,
+    stop_leader: watch::Sender<bool>,
+    leader: Option<JoinHandle<()>>,
+}
+
+impl KubeTasks {
+    async fn stop(self) {
+        let _ = self.stop_status.send(true);
+        if let Some(task) = self.status {
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("status writer did not stop within 10 s");
+            }
+        }
+        let _ = self.stop_leader.send(true);
+        if let Some(task) = self.leader {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("leader election did not stop within 5 s");
+            }
+        }
+    }
+}
+
+/// This pod's name: --pod-name / POD_NAME, else the host name.
+fn pod_name(cli: &Cli) -> String {
+    cli.pod_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|n| !n.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|n| !n.is_empty())
+        })
+        .unwrap_or_else(|| "sluice".to_string())
+}
+
+/// This pod's namespace: --pod-namespace / POD_NAMESPACE, else the service account's, else
+/// `default`.
+fn pod_namespace(cli: &Cli) -> String {
+    cli.pod_namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+        })
+        .unwrap_or_else(|| "default".to_string())
 }
 
 /// A started Sluice: its bound addresses, and how to stop it.
 pub struct Running {
     pub http_addr: SocketAddr,
+    pub https_addr: SocketAddr,
     /// The health server's address (also metrics when the ports are equal).
     pub healthz_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
@@ -48,6 +121,7 @@ pub struct Running {
     stop_admin: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     drain: watch::Sender<bool>,
+    kube: Option<KubeTasks>,
     grace_period: Duration,
     drain_timeout: Duration,
 }
@@ -56,10 +130,12 @@ pub struct Running {
 /// reads it (POD_NAMESPACE, POD_NAME).
 fn controller_labels(cli: &Cli) -> ControllerLabels {
     ControllerLabels {
-        namespace: std::env::var("POD_NAMESPACE").unwrap_or_default(),
+        namespace: cli.pod_namespace.clone().unwrap_or_default(),
         class: cli.controller_class.clone(),
-        pod: std::env::var("POD_NAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
+        pod: cli
+            .pod_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_default(),
     }
 }
@@ -76,12 +152,15 @@ pub async fn start(cli: Cli) -> Result<Running, StartError> {
 
 /// As [`start`]; `access_log` false writes no access log (benchmarks, some tests).
 pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running, StartError> {
-    let Some(dir) = cli.manifests.clone() else {
-        return Err(StartError::NoSource);
+    let source = match cli.manifests.clone() {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(StartError::Manifests(dir.display().to_string()));
+            }
+            Source::Dir(dir)
+        }
+        None => Source::Kube(crate::source::kube::client(&cli).await?),
     };
-    if !dir.is_dir() {
-        return Err(StartError::Manifests(dir.display().to_string()));
-    }
 
     let http_listener = bind(
         "--http-port",
@@ -94,6 +173,13 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
             addr: SocketAddr::new(cli.bind_address, cli.http_port),
             source,
         })?;
+    let https_listener = bind(
+        "--https-port",
+        SocketAddr::new(cli.bind_address, cli.https_port),
+    )?;
+    let https_addr = https_listener
+        .local_addr()
+        .expect("bound socket has an address");
     let healthz_listener = bind(
         "--healthz-port",
         SocketAddr::new(cli.healthz_host, cli.healthz_port),
@@ -130,6 +216,9 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
         };
         AccessLog::start(format, false, std::io::stdout())
     });
+    let fake = crate::proxy::tls::fake_certificate()
+        .map_err(|e| StartError::FakeCertificate(e.to_string()))?;
+    let tls = Arc::new(crate::proxy::tls::TlsContext::new(live.clone(), fake));
     let state = Arc::new(ProxyState::new(live.clone(), metrics.clone(), access_log));
 
     let (stop_accepting, stop_rx) = watch::channel(false);
@@ -144,13 +233,101 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
         state.pool.clone(),
         metrics.clone(),
         health.clone(),
-    );
-    tasks.push(tokio::spawn(publisher.run(events_rx)));
-    tasks.push(tokio::spawn(file::run(ManifestDir::new(dir), events_tx)));
+    )
+    .with_tls(tls.clone());
+    let publisher = if cli.internal_ca {
+        let ca_dir = cli.state_dir.join("internal-ca");
+        let ca = crate::internal_ca::InternalCa::load_or_create(&ca_dir)
+            .map_err(|e| StartError::InternalCa(e.to_string()))?;
+        let ca = Arc::new(ca);
+        let _ = health.internal_ca_pem.set(Arc::from(ca.ca_pem()));
+        let (requests_tx, requests_rx) = watch::channel(Vec::new());
+        tasks.push(tokio::spawn(crate::internal_ca::run(
+            ca,
+            ca_dir,
+            requests_rx,
+            events_tx.clone(),
+        )));
+        publisher.with_cert_requests(requests_tx)
+    } else {
+        publisher
+    };
+    let mut kube_tasks = None;
+    match source {
+        Source::Dir(dir) => {
+            tasks.push(tokio::spawn(publisher.run(events_rx)));
+            tasks.push(tokio::spawn(file::run(ManifestDir::new(dir), events_tx)));
+        }
+        Source::Kube(client) => {
+            let (served_tx, served_rx) = watch::channel(Arc::new(Vec::new()));
+            let (problems_tx, problems_rx) = mpsc::unbounded_channel();
+            let publisher = publisher
+                .report_served(served_tx)
+                .report_problems(problems_tx);
+            tasks.push(tokio::spawn(publisher.run(events_rx)));
+            tasks.push(tokio::spawn(crate::source::kube::run(
+                client.clone(),
+                crate::source::kube::Scope::from(&cli),
+                events_tx,
+            )));
+            let identity = pod_name(&cli);
+            let namespace = pod_namespace(&cli);
+            tasks.push(tokio::spawn(crate::events::run(
+                crate::events::Recorder::new(client.clone(), &identity),
+                problems_rx,
+            )));
+            let (stop_status, stop_status_rx) = watch::channel(false);
+            let (stop_leader, stop_leader_rx) = watch::channel(false);
+            let mut control = KubeTasks {
+                stop_status,
+                status: None,
+                stop_leader,
+                leader: None,
+            };
+            if cli.disable_leader_election {
+                tracing::info!("leader election disabled: Ingress status is not written");
+            } else {
+                let (leader_tx, leader_rx) = watch::channel(false);
+                control.leader = Some(tokio::spawn(crate::leader::run(
+                    client.clone(),
+                    crate::leader::ElectionConfig::from_ttl(
+                        &cli.election_id,
+                        &namespace,
+                        &identity,
+                        cli.election_ttl,
+                    ),
+                    metrics.clone(),
+                    leader_tx,
+                    stop_leader_rx,
+                )));
+                if cli.update_status {
+                    let pod = crate::cli::NamespacedName {
+                        namespace: namespace.clone(),
+                        name: identity.clone(),
+                    };
+                    let config = crate::status::StatusConfig::from_cli(&cli, Some(pod));
+                    control.status = Some(tokio::spawn(crate::status::run(
+                        crate::status::StatusWriter::new(client.clone(), config),
+                        leader_rx,
+                        served_rx,
+                        stop_status_rx,
+                    )));
+                }
+            }
+            kube_tasks = Some(control);
+        }
+    }
 
     tasks.push(tokio::spawn(listener::serve(
         http_listener,
-        "http",
+        None,
+        state.clone(),
+        stop_rx.clone(),
+        drain_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(listener::serve(
+        https_listener,
+        Some(tls),
         state.clone(),
         stop_rx.clone(),
         drain_rx,
@@ -187,9 +364,10 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
         }
     }));
 
-    tracing::info!(http = %http_addr, healthz = %healthz_addr, metrics = %metrics_addr, "listening");
+    tracing::info!(http = %http_addr, https = %https_addr, healthz = %healthz_addr, metrics = %metrics_addr, "listening");
     Ok(Running {
         http_addr,
+        https_addr,
         healthz_addr,
         metrics_addr,
         state,
@@ -198,6 +376,7 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
         stop_admin,
         tasks,
         drain,
+        kube: kube_tasks,
         grace_period: cli.shutdown_grace_period,
         drain_timeout: cli.shutdown_drain_timeout,
     })
@@ -208,9 +387,13 @@ impl Running {
     /// response at once (keep-alive clients move to new connections, which the load balancer
     /// sends elsewhere); keep serving for the grace period; stop accepting; let requests in
     /// flight and WebSockets finish within the drain timeout.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.health.shutting_down.store(true, Ordering::Release);
         self.state.draining.store(true, Ordering::Release);
+        // Cluster mode: clear Ingress status if this is the last pod, release the Lease.
+        if let Some(kube) = self.kube.take() {
+            kube.stop().await;
+        }
         tracing::info!(grace = ?self.grace_period, drain = ?self.drain_timeout, "shutting down");
         if !self.grace_period.is_zero() {
             tokio::time::sleep(self.grace_period).await;

@@ -60,8 +60,7 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_HTTP_PORT", default_value_t = 80)]
     pub http_port: u16,
 
-    /// Port for HTTPS traffic (ingress-nginx: --https-port). TLS termination is not built
-    /// yet; the port is reserved.
+    /// Port for HTTPS traffic (ingress-nginx: --https-port).
     #[arg(long, env = "SLUICE_HTTPS_PORT", default_value_t = 443)]
     pub https_port: u16,
 
@@ -119,9 +118,111 @@ pub struct Cli {
     )]
     pub default_backend_service: Option<NamespacedName>,
 
+    /// NAMESPACE/NAME of a kubernetes.io/tls Secret served for unknown SNI names and for hosts
+    /// whose own certificate is missing or invalid. Default: a self-signed fake certificate.
+    #[arg(
+        long,
+        env = "SLUICE_DEFAULT_SSL_CERTIFICATE",
+        value_name = "NAMESPACE/NAME"
+    )]
+    pub default_ssl_certificate: Option<NamespacedName>,
+
+    /// Issue certificates from Sluice's internal CA for `spec.tls` hosts whose Secret does not
+    /// exist (for a class on a private network). The CA lives under --state-dir; clients get
+    /// its certificate from GET /internal-ca.crt on the health port.
+    #[arg(long, env = "SLUICE_INTERNAL_CA", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub internal_ca: bool,
+
+    /// Where standalone mode keeps state across restarts: the internal CA and the
+    /// certificates it issued.
+    #[arg(
+        long,
+        env = "SLUICE_STATE_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/sluice"
+    )]
+    pub state_dir: std::path::PathBuf,
+
     /// Only serve objects of this namespace. Default: all namespaces.
     #[arg(long, env = "SLUICE_WATCH_NAMESPACE", value_name = "NAMESPACE")]
     pub watch_namespace: Option<String>,
+
+    /// Only serve objects of the namespaces whose labels match this selector (e.g.
+    /// `team=web,tier!=test`). Namespaces are watched; a label change relists. Cannot be
+    /// combined with --watch-namespace.
+    #[arg(
+        long,
+        env = "SLUICE_WATCH_NAMESPACE_SELECTOR",
+        value_name = "SELECTOR",
+        conflicts_with = "watch_namespace"
+    )]
+    pub watch_namespace_selector: Option<String>,
+
+    /// Kubeconfig file to reach the API server. Default: the in-cluster service account,
+    /// else `~/.kube/config`.
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// URL of the API server, overriding the kubeconfig's (ingress-nginx: --apiserver-host).
+    /// Without --kubeconfig no credentials are sent (a local proxy such as `kubectl proxy`).
+    #[arg(long, env = "SLUICE_APISERVER_HOST", value_name = "URL")]
+    pub apiserver_host: Option<String>,
+
+    /// Namespace of this pod: where the leader Lease lives and where Events about the
+    /// controller go. Default: the service account's namespace, else `default`.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// Name of this pod: the identity in the leader Lease. Default: the host name.
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+
+    /// Name of the coordination.k8s.io/v1 Lease used for leader election. Only the leader
+    /// writes Ingress status.
+    #[arg(
+        long,
+        env = "SLUICE_ELECTION_ID",
+        default_value = "ingress-controller-leader"
+    )]
+    pub election_id: String,
+
+    /// Lease duration of the leader election; the renew deadline is half of it and the retry
+    /// period a quarter (ingress-nginx: 30 s, 15 s, 7.5 s). Seconds.
+    #[arg(long, env = "SLUICE_ELECTION_TTL", default_value = "30", value_parser = parse_seconds)]
+    pub election_ttl: Duration,
+
+    /// Run no leader election, and therefore (as ingress-nginx) write no Ingress status.
+    #[arg(long, env = "SLUICE_DISABLE_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub disable_leader_election: bool,
+
+    /// NAMESPACE/NAME of the Service whose addresses are written to the status of every
+    /// served Ingress (LoadBalancer ingress and externalIPs; clusterIP for ClusterIP).
+    #[arg(
+        long,
+        env = "SLUICE_PUBLISH_SERVICE",
+        value_name = "NAMESPACE/NAME",
+        conflicts_with = "publish_status_address"
+    )]
+    pub publish_service: Option<NamespacedName>,
+
+    /// Comma list of IPs or host names written to the status of every served Ingress instead
+    /// of --publish-service's addresses.
+    #[arg(long, env = "SLUICE_PUBLISH_STATUS_ADDRESS", value_name = "ADDRESSES")]
+    pub publish_status_address: Option<String>,
+
+    /// The leader writes `.status.loadBalancer.ingress` of the Ingresses it serves.
+    #[arg(long, env = "SLUICE_UPDATE_STATUS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub update_status: bool,
+
+    /// On shutdown, clear the status of the served Ingresses when this is the last running
+    /// controller pod.
+    #[arg(long, env = "SLUICE_UPDATE_STATUS_ON_SHUTDOWN", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub update_status_on_shutdown: bool,
+
+    /// How often the leader re-checks the status of every served Ingress. Seconds; values
+    /// under 5 are raised to 5.
+    #[arg(long, env = "SLUICE_STATUS_UPDATE_INTERVAL", default_value = "60", value_parser = parse_seconds)]
+    pub status_update_interval: Duration,
 
     /// Keep serving for this long after SIGTERM while /healthz answers 503, so load
     /// balancers take the pod out before the listeners close (ingress-nginx:
@@ -163,7 +264,9 @@ impl Cli {
     /// Flags for tests and benches: every port 0 (the OS picks), loopback only.
     pub fn for_test(manifests: impl Into<PathBuf>) -> Cli {
         let mut cli = Cli::parse_from(["sluice"]);
-        cli.manifests = Some(manifests.into());
+        let manifests: PathBuf = manifests.into();
+        cli.state_dir = manifests.join(".sluice-state");
+        cli.manifests = Some(manifests);
         cli.http_port = 0;
         cli.https_port = 0;
         cli.healthz_port = 0;

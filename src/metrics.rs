@@ -141,6 +141,13 @@ pub struct Metrics {
     pub connections_active: Gauge,
     pub connections_accepted: prometheus_client::metrics::counter::Counter,
     pub requests_total: prometheus_client::metrics::counter::Counter,
+    /// `ssl_expire_time_seconds{namespace,class,host,secret_name,identifier}`.
+    pub ssl_expire_time: Family<Vec<(&'static str, String)>, Gauge>,
+    /// `ssl_certificate_info{..., issuer_organization, issuer_common_name, serial_number,
+    /// public_key_algorithm}` = 1.
+    pub ssl_certificate_info: Family<Vec<(&'static str, String)>, Gauge>,
+    /// `leader_election_status{name}`: 1 while this pod holds the Lease `name`, else 0.
+    pub leader_election_status: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,6 +175,9 @@ impl Metrics {
             connections_active: Gauge::default(),
             connections_accepted: Default::default(),
             requests_total: Default::default(),
+            ssl_expire_time: Family::default(),
+            ssl_certificate_info: Family::default(),
+            leader_election_status: Family::default(),
             registry: Registry::default(),
         };
         {
@@ -248,9 +258,24 @@ impl Metrics {
                 AcceptedConnections(metrics.connections_accepted.clone()),
             );
             nic.register(
+                "ssl_expire_time_seconds",
+                "Number of seconds since 1970 to the SSL Certificate expire. An example to check if this certificate will expire in 10 days is: \"nginx_ingress_controller_ssl_expire_time_seconds < (time() + (10 * 24 * 3600))\"",
+                metrics.ssl_expire_time.clone(),
+            );
+            nic.register(
+                "ssl_certificate_info",
+                "Hold all labels associated to a certificate",
+                metrics.ssl_certificate_info.clone(),
+            );
+            nic.register(
                 "nginx_process_requests",
                 "total number of client requests",
                 metrics.requests_total.clone(),
+            );
+            nic.register(
+                "leader_election_status",
+                "Gauge reporting status of the leader election, 0 indicates follower, 1 indicates leader. 'name' is the string used to identify the lease",
+                metrics.leader_election_status.clone(),
             );
         }
         Metrics {
@@ -264,6 +289,38 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+
+    /// Set `leader_election_status{name}`.
+    pub fn set_leader(&self, name: &str, leader: bool) {
+        self.leader_election_status
+            .get_or_create(&vec![("name".to_string(), name.to_string())])
+            .set(i64::from(leader));
+    }
+
+    /// Replace the certificate series with those of `tls` (`class` is `--ingress-class`).
+    pub fn set_certificates(&self, tls: &crate::snapshot::tls::TlsTable, class: &str) {
+        self.ssl_expire_time.clear();
+        self.ssl_certificate_info.clear();
+        for (host, entry) in tls.entries() {
+            let info = &entry.info;
+            let base = vec![
+                ("namespace", info.namespace.clone()),
+                ("class", class.to_string()),
+                ("host", host.clone()),
+                ("secret_name", info.secret_name.clone()),
+                ("identifier", info.identifier.clone()),
+            ];
+            self.ssl_expire_time
+                .get_or_create(&base)
+                .set(info.not_after);
+            let mut labels = base;
+            labels.push(("issuer_organization", info.issuer_organization.clone()));
+            labels.push(("issuer_common_name", info.issuer_common_name.clone()));
+            labels.push(("serial_number", info.serial_number.clone()));
+            labels.push(("public_key_algorithm", info.public_key_algorithm.clone()));
+            self.ssl_certificate_info.get_or_create(&labels).set(1);
+        }
     }
 
     /// Count one finished request.

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
+use k8s_openapi::api::networking::v1::Ingress;
+use tokio::sync::{mpsc, watch};
 
 use crate::admin::Health;
 use crate::diagnostics::Diagnostic;
 use crate::metrics::Metrics;
+use crate::proxy::tls::TlsContext;
 use crate::proxy::upstream::{Pool, PoolConfig};
 use crate::snapshot::Snapshot;
 use crate::store::{Store, StoreEvent};
@@ -21,6 +23,9 @@ use crate::translate::{translate, TranslateOptions};
 /// How long to gather a burst of events into one publish. Keeps a change live well within 1 s
 /// while a relist of thousands of objects becomes one translation.
 const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// The Ingresses the live snapshot serves, as the store holds them (with their status).
+pub type ServedIngresses = Arc<Vec<Arc<Ingress>>>;
 
 /// Owns the store and publishes snapshots.
 pub struct Publisher {
@@ -32,6 +37,10 @@ pub struct Publisher {
     health: Arc<Health>,
     generation: u64,
     reported: HashSet<Diagnostic>,
+    served: Option<watch::Sender<ServedIngresses>>,
+    problems: Option<mpsc::UnboundedSender<Vec<Diagnostic>>>,
+    tls: Option<Arc<TlsContext>>,
+    cert_requests: Option<tokio::sync::watch::Sender<Vec<crate::internal_ca::CertRequest>>>,
 }
 
 impl Publisher {
@@ -51,7 +60,39 @@ impl Publisher {
             health,
             generation: 0,
             reported: HashSet::new(),
+            served: None,
+            problems: None,
+            tls: None,
+            cert_requests: None,
         }
+    }
+
+    /// Send the internal CA's certificate requests after each translation.
+    pub fn with_cert_requests(
+        mut self,
+        tx: tokio::sync::watch::Sender<Vec<crate::internal_ca::CertRequest>>,
+    ) -> Publisher {
+        self.cert_requests = Some(tx);
+        self
+    }
+
+    /// Also keep this TLS configuration in step with the settings.
+    pub fn with_tls(mut self, tls: Arc<TlsContext>) -> Publisher {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// After every publish, send the served Ingresses here (the status writer reads them).
+    pub fn report_served(mut self, tx: watch::Sender<ServedIngresses>) -> Publisher {
+        self.served = Some(tx);
+        self
+    }
+
+    /// After every publish, send the problems not reported by the previous one here (they
+    /// become Kubernetes Events). The log gets them either way.
+    pub fn report_problems(mut self, tx: mpsc::UnboundedSender<Vec<Diagnostic>>) -> Publisher {
+        self.problems = Some(tx);
+        self
     }
 
     /// Apply events until the sources close.
@@ -85,6 +126,29 @@ impl Publisher {
                     continue;
                 }
             };
+            if let Some(tx) = &self.served {
+                let served: Vec<Arc<Ingress>> = translation
+                    .served_ingresses
+                    .iter()
+                    .filter_map(|key| {
+                        let (ns, name) = key.split_once('/')?;
+                        self.store
+                            .ingresses
+                            .get(&(ns.to_string(), name.to_string()))
+                            .cloned()
+                    })
+                    .collect();
+                tx.send_replace(Arc::new(served));
+            }
+            if let Some(tx) = &self.cert_requests {
+                tx.send_if_modified(|current| {
+                    let changed = *current != translation.cert_requests;
+                    if changed {
+                        *current = translation.cert_requests.clone();
+                    }
+                    changed
+                });
+            }
             self.publish(
                 translation.snapshot,
                 translation.diagnostics,
@@ -102,8 +166,17 @@ impl Publisher {
         started: Instant,
     ) {
         let current: HashSet<Diagnostic> = diagnostics.into_iter().collect();
+        let mut new = Vec::new();
         for d in current.difference(&self.reported) {
             tracing::warn!("{d}");
+            if self.problems.is_some() {
+                new.push(d.clone());
+            }
+        }
+        if let Some(tx) = &self.problems {
+            if !new.is_empty() {
+                let _ = tx.send(new);
+            }
         }
         let resolved = self.reported.difference(&current).count();
         if resolved > 0 {
@@ -114,6 +187,11 @@ impl Publisher {
         self.generation += 1;
         snapshot.generation = self.generation;
         self.pool.set_config(PoolConfig::from(&*snapshot.settings));
+        if let Some(tls) = &self.tls {
+            tls.update(&snapshot.settings);
+        }
+        self.metrics
+            .set_certificates(&snapshot.tls, &self.options.ingress_class);
         let hash = snapshot.config_hash;
         let hosts = snapshot.router.hosts().count() + snapshot.router.wildcard_hosts().count();
         let backends = snapshot.backends.len();

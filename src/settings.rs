@@ -143,6 +143,51 @@ pub struct Settings {
     pub skip_access_log_urls: Vec<String>,
     /// `log-format-escape-json` (false): escape variables in the access log as JSON strings.
     pub log_format_escape_json: bool,
+    /// `ssl-redirect` (true): redirect HTTP to HTTPS for hosts with a `spec.tls` section.
+    pub ssl_redirect: bool,
+    /// `force-ssl-redirect` (false): redirect even hosts without TLS (TLS offloaded in front).
+    pub force_ssl_redirect: bool,
+    /// `preserve-trailing-slash` (false): keep a trailing `/` in the HTTPS redirect.
+    pub preserve_trailing_slash: bool,
+    /// `use-port-in-redirects` (false): put the HTTPS port in the redirect.
+    pub use_port_in_redirects: bool,
+    /// `http-redirect-code` (308): 301, 302, 307 or 308.
+    pub http_redirect_code: u16,
+    /// `no-tls-redirect-locations` (`/.well-known/acme-challenge`): Ingress paths never
+    /// redirected to HTTPS.
+    pub no_tls_redirect_locations: Vec<String>,
+    /// `hsts` (true), `hsts-max-age` (31536000), `hsts-include-subdomains` (true),
+    /// `hsts-preload` (false): the Strict-Transport-Security header on HTTPS responses.
+    pub hsts: bool,
+    pub hsts_max_age: u64,
+    pub hsts_include_subdomains: bool,
+    pub hsts_preload: bool,
+    /// `ssl-protocols` (`TLSv1.2 TLSv1.3`).
+    pub ssl_protocols: Vec<String>,
+    /// `ssl-ciphers`: OpenSSL names of the TLS 1.2 suites (TLS 1.3 suites are not configurable,
+    /// as in nginx).
+    pub ssl_ciphers: Vec<String>,
+    /// `use-http2` (true): offer h2 by ALPN on HTTPS.
+    pub use_http2: bool,
+    /// `http2-max-concurrent-streams` (128).
+    pub http2_max_concurrent_streams: u32,
+}
+
+/// ingress-nginx's default `ssl-ciphers`.
+pub const DEFAULT_SSL_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256";
+
+impl Settings {
+    /// The HSTS header value these settings produce, e.g. `max-age=31536000; includeSubDomains`.
+    pub fn hsts_value(&self) -> String {
+        let mut v = format!("max-age={}", self.hsts_max_age);
+        if self.hsts_include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.hsts_preload {
+            v.push_str("; preload");
+        }
+        v
+    }
 }
 
 impl Default for Settings {
@@ -180,6 +225,20 @@ impl Default for Settings {
             disable_access_log: false,
             skip_access_log_urls: Vec::new(),
             log_format_escape_json: false,
+            ssl_redirect: true,
+            force_ssl_redirect: false,
+            preserve_trailing_slash: false,
+            use_port_in_redirects: false,
+            http_redirect_code: 308,
+            no_tls_redirect_locations: vec!["/.well-known/acme-challenge".to_string()],
+            hsts: true,
+            hsts_max_age: 31_536_000,
+            hsts_include_subdomains: true,
+            hsts_preload: false,
+            ssl_protocols: vec!["TLSv1.2".to_string(), "TLSv1.3".to_string()],
+            ssl_ciphers: DEFAULT_SSL_CIPHERS.split(':').map(str::to_string).collect(),
+            use_http2: true,
+            http2_max_concurrent_streams: 128,
         }
     }
 }
@@ -214,18 +273,6 @@ const NOT_YET_SUPPORTED: &[&str] = &[
     "block-cidrs",
     "block-user-agents",
     "block-referers",
-    "ssl-redirect",
-    "force-ssl-redirect",
-    "hsts",
-    "hsts-max-age",
-    "hsts-include-subdomains",
-    "hsts-preload",
-    "ssl-protocols",
-    "ssl-ciphers",
-    "use-http2",
-    "http2-max-concurrent-streams",
-    "http-redirect-code",
-    "no-tls-redirect-locations",
     "custom-http-errors",
     "proxy-request-buffering",
     "proxy-buffering",
@@ -317,6 +364,65 @@ impl Settings {
                     s.skip_access_log_urls = split_list(value).map(str::to_string).collect()
                 }
                 "log-format-escape-json" => set(&mut s.log_format_escape_json, parse_bool(value), &mut bad),
+                "ssl-redirect" => set(&mut s.ssl_redirect, parse_bool(value), &mut bad),
+                "force-ssl-redirect" => set(&mut s.force_ssl_redirect, parse_bool(value), &mut bad),
+                "preserve-trailing-slash" => set(&mut s.preserve_trailing_slash, parse_bool(value), &mut bad),
+                "use-port-in-redirects" => set(&mut s.use_port_in_redirects, parse_bool(value), &mut bad),
+                "http-redirect-code" => match parse_num::<u16>(value) {
+                    Ok(code @ (301 | 302 | 307 | 308)) => s.http_redirect_code = code,
+                    Ok(_) => bad("must be 301, 302, 307 or 308".into()),
+                    Err(e) => bad(e),
+                },
+                "no-tls-redirect-locations" => {
+                    s.no_tls_redirect_locations = split_list(value).map(str::to_string).collect()
+                }
+                "hsts" => set(&mut s.hsts, parse_bool(value), &mut bad),
+                "hsts-max-age" => set(&mut s.hsts_max_age, parse_num(value), &mut bad),
+                "hsts-include-subdomains" => set(&mut s.hsts_include_subdomains, parse_bool(value), &mut bad),
+                "hsts-preload" => set(&mut s.hsts_preload, parse_bool(value), &mut bad),
+                "ssl-protocols" => {
+                    let protocols: Vec<String> = value.split_whitespace().map(str::to_string).collect();
+                    let unknown: Vec<&String> = protocols
+                        .iter()
+                        .filter(|p| !matches!(p.as_str(), "TLSv1.2" | "TLSv1.3" | "TLSv1" | "TLSv1.1" | "SSLv3"))
+                        .collect();
+                    if !unknown.is_empty() {
+                        bad(format!("unknown protocol(s) {unknown:?}"));
+                    } else if !protocols.iter().any(|p| p == "TLSv1.2" || p == "TLSv1.3") {
+                        bad("names no protocol Sluice supports (TLSv1.2, TLSv1.3)".into());
+                    } else {
+                        s.ssl_protocols = protocols;
+                    }
+                }
+                "ssl-ciphers" => {
+                    let ciphers: Vec<String> = value.split(':').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect();
+                    let unsupported: Vec<&String> = ciphers
+                        .iter()
+                        .filter(|c| crate::proxy::tls::rustls_suite_for(c).is_none())
+                        .collect();
+                    if !unsupported.is_empty() {
+                        diags.push(Diagnostic::warning(
+                            object.clone(),
+                            format!("data.{key}"),
+                            format!("{unsupported:?} have no implementation in rustls (DHE and CBC suites); they are left out, the rest is used"),
+                        ));
+                    }
+                    if ciphers.iter().any(|c| crate::proxy::tls::rustls_suite_for(c).is_some()) {
+                        s.ssl_ciphers = ciphers;
+                    } else {
+                        diags.push(Diagnostic::warning(
+                            object.clone(),
+                            format!("data.{key}"),
+                            "no supported TLS 1.2 suite left; using the default list",
+                        ));
+                    }
+                }
+                "use-http2" => set(&mut s.use_http2, parse_bool(value), &mut bad),
+                "http2-max-concurrent-streams" => match parse_num::<u32>(value) {
+                    Ok(n) if n > 0 => s.http2_max_concurrent_streams = n,
+                    Ok(_) => bad("must be positive".into()),
+                    Err(e) => bad(e),
+                },
                 "log-format-upstream" => {
                     if value != DEFAULT_LOG_FORMAT_UPSTREAM {
                         diags.push(Diagnostic::warning(

@@ -88,8 +88,18 @@ pub enum StoreEvent {
     /// Remove one object.
     Delete(Kind, Key),
     /// Replace every object (a full resync: the manifest folder re-read, or a relist).
+    /// Generated objects stay.
     Replace(Vec<(Object, Option<Arc<str>>)>),
+    /// Add or replace an object Sluice generated itself (a certificate it issued). It
+    /// survives `Replace`, and never hides an object of the same name from a source.
+    UpsertGenerated(Object, Option<Arc<str>>),
+    /// Replace every object of one kind and leave the other kinds alone (the API server
+    /// source's relist of one watched kind). Objects of another kind in the list are ignored.
+    ReplaceKind(Kind, Vec<Object>),
 }
+
+/// An object and where it came from.
+type Sourced = (Object, Option<Arc<str>>);
 
 /// Every object by kind and key, plus where each came from (for diagnostics).
 #[derive(Debug, Clone, Default)]
@@ -102,6 +112,8 @@ pub struct Store {
     pub config_maps: BTreeMap<Key, Arc<ConfigMap>>,
     /// Where an object came from, e.g. `config/app.yaml`.
     pub origins: BTreeMap<(Kind, Key), Arc<str>>,
+    /// Objects Sluice generated, kept across `Replace`.
+    generated: BTreeMap<(Kind, Key), Sourced>,
 }
 
 impl Store {
@@ -110,11 +122,45 @@ impl Store {
             StoreEvent::Upsert(object, origin) => self.insert(object, origin),
             StoreEvent::Delete(kind, key) => self.remove(kind, &key),
             StoreEvent::Replace(objects) => {
+                let generated = std::mem::take(&mut self.generated);
                 *self = Store::default();
                 for (object, origin) in objects {
                     self.insert(object, origin);
                 }
+                for (key, (object, origin)) in &generated {
+                    if !self.contains(key.0, &key.1) {
+                        self.insert(object.clone(), origin.clone());
+                    }
+                }
+                self.generated = generated;
             }
+            StoreEvent::UpsertGenerated(object, origin) => {
+                let key = (object.kind(), object.key());
+                let from_source =
+                    self.contains(key.0, &key.1) && !self.generated.contains_key(&key);
+                self.generated.insert(key, (object.clone(), origin.clone()));
+                if !from_source {
+                    self.insert(object, origin);
+                }
+            }
+            StoreEvent::ReplaceKind(kind, objects) => {
+                self.clear_kind(kind);
+                for object in objects.into_iter().filter(|o| o.kind() == kind) {
+                    self.insert(object, None);
+                }
+            }
+        }
+    }
+
+    fn clear_kind(&mut self, kind: Kind) {
+        self.origins.retain(|(k, _), _| *k != kind);
+        match kind {
+            Kind::IngressClass => self.ingress_classes.clear(),
+            Kind::Ingress => self.ingresses.clear(),
+            Kind::Service => self.services.clear(),
+            Kind::EndpointSlice => self.endpoint_slices.clear(),
+            Kind::Secret => self.secrets.clear(),
+            Kind::ConfigMap => self.config_maps.clear(),
         }
     }
 
@@ -163,9 +209,57 @@ impl Store {
         }
     }
 
+    fn contains(&self, kind: Kind, key: &Key) -> bool {
+        match kind {
+            Kind::IngressClass => self.ingress_classes.contains_key(key),
+            Kind::Ingress => self.ingresses.contains_key(key),
+            Kind::Service => self.services.contains_key(key),
+            Kind::EndpointSlice => self.endpoint_slices.contains_key(key),
+            Kind::Secret => self.secrets.contains_key(key),
+            Kind::ConfigMap => self.config_maps.contains_key(key),
+        }
+    }
+
     /// Where the object came from, if a source said.
     pub fn origin(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Arc<str>> {
         self.origins
             .get(&(kind, (namespace.to_string(), name.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn meta(ns: &str, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn replace_kind_leaves_other_kinds_alone() {
+        let mut store = Store::default();
+        let svc = |n: &str| {
+            Object::Service(Arc::new(Service {
+                metadata: meta("a", n),
+                ..Default::default()
+            }))
+        };
+        let cm = Object::ConfigMap(Arc::new(ConfigMap {
+            metadata: meta("a", "cm"),
+            ..Default::default()
+        }));
+        store.apply(StoreEvent::Upsert(svc("old"), None));
+        store.apply(StoreEvent::Upsert(cm, None));
+        store.apply(StoreEvent::ReplaceKind(Kind::Service, vec![svc("new")]));
+        assert_eq!(
+            store.services.keys().cloned().collect::<Vec<_>>(),
+            vec![("a".to_string(), "new".to_string())]
+        );
+        assert_eq!(store.config_maps.len(), 1);
     }
 }

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use super::service::{handle, ConnInfo};
+use super::tls::TlsContext;
 use super::ProxyState;
 
 /// Bind a listening socket with the options a proxy wants (address reuse, a deep backlog).
@@ -32,11 +33,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accept and serve until `stop` turns true; then the listening socket is closed (new
-/// connections are refused) and connections already open are left to the graceful watcher.
+/// connections are refused) and connections already open drain when `drain` turns true.
+/// With `tls`, every connection is a TLS connection (HTTPS listener).
 pub async fn serve(
     listener: TcpListener,
-    scheme: &'static str,
+    tls: Option<Arc<TlsContext>>,
     state: Arc<ProxyState>,
     mut stop: watch::Receiver<bool>,
     drain: watch::Receiver<bool>,
@@ -72,52 +77,85 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
-        let info = Arc::new(ConnInfo {
-            peer,
-            local,
-            scheme,
-            requests: Default::default(),
-        });
         state.metrics.connections_active.inc();
         state.metrics.connections_accepted.inc();
-        let settings = state.snapshot.load().settings.clone();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .keep_alive(!settings.keep_alive.is_zero())
-            // hyper's one header timer also bounds the idle time between keep-alive requests.
-            .header_read_timeout(settings.keep_alive.max(Duration::from_secs(1)));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(128);
-        let service_state = state.clone();
-        let service = service_fn(move |req| handle(service_state.clone(), info.clone(), req));
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
         let state = state.clone();
         let closed = closed.clone();
-        let mut drain = drain.clone();
+        let drain = drain.clone();
         let guard = state.connections.open();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = async { let _ = drain.wait_for(|d| *d).await; } => {
-                    // HTTP/1.1: close when idle, or after the response in flight;
-                    // HTTP/2: GOAWAY, then finish the open streams.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            match tls {
+                None => serve_connection(stream, peer, local, "http", &state, drain).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, local, "https", &state, drain).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
             }
             state.metrics.connections_active.dec();
             closed.notify_one();
         });
+    }
+}
+
+/// Serve HTTP/1.1 or HTTP/2 (by ALPN on TLS, by the connection preface on cleartext) on one
+/// client connection until it ends or drains.
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    local: SocketAddr,
+    scheme: &'static str,
+    state: &Arc<ProxyState>,
+    mut drain: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(ConnInfo {
+        peer,
+        local,
+        scheme,
+        requests: Default::default(),
+    });
+    let settings = state.snapshot.load().settings.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(!settings.keep_alive.is_zero())
+        // hyper's one header timer also bounds the idle time between keep-alive requests.
+        .header_read_timeout(settings.keep_alive.max(Duration::from_secs(1)));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.http2_max_concurrent_streams);
+    // use-http2 false: TLS clients get HTTP/1.1 only, even if they send the h2 preface
+    // without having negotiated it.
+    if scheme == "https" && !settings.use_http2 {
+        builder = builder.http1_only();
+    }
+    let service_state = state.clone();
+    let service = service_fn(move |req| handle(service_state.clone(), info.clone(), req));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = async { let _ = drain.wait_for(|d| *d).await; } => {
+            // HTTP/1.1: close when idle, or after the response in flight;
+            // HTTP/2: GOAWAY, then finish the open streams.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod forward;
 pub mod listener;
 pub mod service;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

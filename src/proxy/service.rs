@@ -13,14 +13,14 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use super::body::{OnResponseEnd, ResponseBody};
+use super::body::{OnResponseEnd, ProxyBody, ResponseBody};
 use super::client_ip::client_ip;
 use super::error::{add_slash_redirect, error_response};
 use super::forward::{forward, ForwardContext};
 use super::ProxyState;
 use crate::access_log::AccessRecord;
 use crate::metrics::RequestLabels;
-use crate::snapshot::{RouteLabels, RouteMatch, Target};
+use crate::snapshot::{HttpsRedirect, RouteLabels, RouteMatch, Target};
 
 static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 static X_FORWARDED_HOST: header::HeaderName = header::HeaderName::from_static("x-forwarded-host");
@@ -181,7 +181,15 @@ pub async fn handle(
     let mut upstream_addr = None;
     let mut upstream_status = None;
     let mut upstream_name = String::new();
+    let redirect = route
+        .https_redirect
+        .as_ref()
+        .filter(|_| ctx.scheme.as_bytes() == b"http");
     let mut response = match (&matched, &route.target) {
+        (RouteMatch::Route(_), _) if redirect.is_some() => {
+            let redirect = redirect.expect("checked by the guard");
+            https_redirect(redirect, &ctx.best_host, req.uri())
+        }
         (RouteMatch::AddSlash(_), _) => {
             let path = req.uri().path();
             let query = req
@@ -228,6 +236,14 @@ pub async fn handle(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if settings.hsts && ctx.scheme.as_bytes() == b"https" {
+        if let Ok(value) = HeaderValue::from_str(&settings.hsts_value()) {
+            // Replaces the upstream's own, as ingress-nginx does.
+            response
+                .headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, value);
+        }
+    }
     if settings.server_tokens && !response.headers().contains_key(header::SERVER) {
         response
             .headers_mut()
@@ -263,6 +279,30 @@ pub async fn handle(
         head,
         ResponseBody::new(body, Box::new(completion)),
     ))
+}
+
+/// ingress-nginx's HTTP-to-HTTPS redirect: `https://<host without port>[:port]<request URI>`,
+/// one trailing `/` dropped unless preserve-trailing-slash.
+fn https_redirect(
+    redirect: &HttpsRedirect,
+    host: &HeaderValue,
+    uri: &http::Uri,
+) -> Response<ProxyBody> {
+    let host = crate::snapshot::route::strip_port(host.to_str().unwrap_or(""));
+    let request_uri = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let mut location = match redirect.port {
+        Some(port) if port != 443 => format!("https://{host}:{port}{request_uri}"),
+        _ => format!("https://{host}{request_uri}"),
+    };
+    if !redirect.preserve_trailing_slash && location.ends_with('/') {
+        location.pop();
+    }
+    let status = StatusCode::from_u16(redirect.code).unwrap_or(StatusCode::PERMANENT_REDIRECT);
+    let mut response = error_response(status);
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
 }
 
 fn access_record(

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod route;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -40,11 +41,24 @@ pub struct RouteLabels {
     pub host: Arc<str>,
 }
 
+/// Redirect plain HTTP to HTTPS (ssl-redirect on a host with TLS, or force-ssl-redirect).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpsRedirect {
+    /// `http-redirect-code` (308).
+    pub code: u16,
+    /// Keep a trailing `/` (`preserve-trailing-slash`).
+    pub preserve_trailing_slash: bool,
+    /// Put this port in the Location (`use-port-in-redirects`).
+    pub port: Option<u16>,
+}
+
 /// One location: where matching requests go, and how they are labelled.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub target: Target,
     pub labels: RouteLabels,
+    /// Set when plain HTTP requests to this location are redirected to HTTPS.
+    pub https_redirect: Option<HttpsRedirect>,
 }
 
 /// One generation of configuration.
@@ -58,6 +72,8 @@ pub struct Snapshot {
     pub settings: Arc<Settings>,
     /// Hash of the inputs that produced this snapshot (`config_hash` metric).
     pub config_hash: u64,
+    /// Certificates by host.
+    pub tls: tls::TlsTable,
 }
 
 impl Snapshot {
@@ -69,10 +85,12 @@ impl Snapshot {
             routes: vec![Route {
                 target: Target::NotFound,
                 labels: RouteLabels::default(),
+                https_redirect: None,
             }],
             backends: Vec::new(),
             settings: Arc::new(Settings::default()),
             config_hash: 0,
+            tls: tls::TlsTable::default(),
         }
     }
 
@@ -118,6 +136,15 @@ impl Snapshot {
             }
             let _ = writeln!(out, "  fallback -> {}", self.describe_route(vhost.fallback));
         }
+        let mut certs: Vec<String> = self
+            .tls
+            .entries()
+            .map(|(host, e)| format!("tls {host} -> {}/{}", e.info.namespace, e.info.secret_name))
+            .collect();
+        certs.sort();
+        for line in certs {
+            let _ = writeln!(out, "{line}");
+        }
         for backend in &self.backends {
             let kind = match &backend.kind {
                 BackendKind::Endpoints(endpoints) if endpoints.is_empty() => {
@@ -143,11 +170,15 @@ impl Snapshot {
             Target::NotFound => "default-404".to_string(),
         };
         let l = &route.labels;
+        let redirect = match &route.https_redirect {
+            Some(r) => format!(" https-redirect {}", r.code),
+            None => String::new(),
+        };
         if l.ingress.is_empty() {
-            return target;
+            return format!("{target}{redirect}");
         }
         format!(
-            "{target} (ingress {}/{} service {}:{} path {} host {:?})",
+            "{target} (ingress {}/{} service {}:{} path {} host {:?}){redirect}",
             l.namespace, l.ingress, l.service, l.service_port, l.path, &*l.host
         )
     }

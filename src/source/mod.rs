@@ -2,4 +2,5 @@
 //! nothing downstream knows which source produced an object.
 
 pub mod file;
+pub mod kube;
 pub mod manifest;

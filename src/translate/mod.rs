@@ -2,8 +2,10 @@
 //! [`Diagnostic`]s out. Pure and total: no I/O, no clock, no async. A broken object becomes a
 //! diagnostic and is skipped; it never stops the rest of the configuration.
 
+pub mod annotations;
 pub mod backends;
 pub mod class;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -14,7 +16,10 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use crate::cli::{Cli, NamespacedName};
 use crate::diagnostics::{Diagnostic, ObjectRef};
 use crate::settings::Settings;
-use crate::snapshot::{Route, RouteId, RouteLabels, Router, Snapshot, Target, VHost};
+use crate::snapshot::tls::TlsTable;
+use crate::snapshot::{
+    HttpsRedirect, Route, RouteId, RouteLabels, Router, Snapshot, Target, VHost,
+};
 use crate::store::{Kind, Store};
 use backends::{Backends, PortRef};
 use class::{ClassDecision, ClassFilter};
@@ -32,6 +37,11 @@ pub struct TranslateOptions {
     pub default_backend_service: Option<NamespacedName>,
     pub configmap: Option<NamespacedName>,
     pub watch_namespace: Option<String>,
+    pub default_ssl_certificate: Option<NamespacedName>,
+    /// `--https-port`, for `use-port-in-redirects`.
+    pub https_port: u16,
+    /// `--internal-ca`: TLS hosts without a Secret get one from the internal CA.
+    pub internal_ca: bool,
 }
 
 impl From<&Cli> for TranslateOptions {
@@ -44,6 +54,9 @@ impl From<&Cli> for TranslateOptions {
             default_backend_service: cli.default_backend_service.clone(),
             configmap: cli.configmap.clone(),
             watch_namespace: cli.watch_namespace.clone(),
+            default_ssl_certificate: cli.default_ssl_certificate.clone(),
+            https_port: cli.https_port,
+            internal_ca: cli.internal_ca,
         }
     }
 }
@@ -55,6 +68,8 @@ pub struct Translation {
     pub diagnostics: Vec<Diagnostic>,
     /// Ingresses served by this controller, `namespace/name`.
     pub served_ingresses: Vec<String>,
+    /// Certificates the internal CA should issue (with `--internal-ca`).
+    pub cert_requests: Vec<crate::internal_ca::CertRequest>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -279,6 +294,12 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
         }
     }
     sort_ingresses(&mut served);
+    let cert_requests = if options.internal_ca {
+        internal_ca_requests(store, &served)
+    } else {
+        Vec::new()
+    };
+    let (tls_table, tls_hosts) = assign_certificates(&mut b, &served, options, &cert_requests);
 
     let mut servers = Servers::default();
     let mut catch_all_entries: Vec<PathEntry> = Vec::new();
@@ -293,7 +314,35 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
         let name = ingress.metadata.name.clone().unwrap_or_default();
         let object = ObjectRef::new("Ingress", &namespace, &name);
         served_names.push(format!("{namespace}/{name}"));
-        report_unsupported(&mut b, &object, ingress);
+        let (ann, ann_diags) = annotations::parse(ingress.metadata.annotations.as_ref(), &object);
+        for d in ann_diags {
+            b.warn(&d.object, Kind::Ingress, d.field, d.message);
+        }
+        let redirect_for = |host: Option<&str>, path: &str| -> Option<HttpsRedirect> {
+            let ssl = ann.ssl_redirect.unwrap_or(settings.ssl_redirect)
+                && host.is_some_and(|h| tls_hosts.contains(h));
+            let force = ann
+                .force_ssl_redirect
+                .unwrap_or(settings.force_ssl_redirect);
+            if !(ssl || force)
+                || settings
+                    .no_tls_redirect_locations
+                    .iter()
+                    .any(|l| path.starts_with(l.as_str()))
+            {
+                return None;
+            }
+            Some(HttpsRedirect {
+                code: settings.http_redirect_code,
+                preserve_trailing_slash: ann
+                    .preserve_trailing_slash
+                    .unwrap_or(settings.preserve_trailing_slash),
+                port: ann
+                    .use_port_in_redirects
+                    .unwrap_or(settings.use_port_in_redirects)
+                    .then_some(options.https_port),
+            })
+        };
         let Some(spec) = &ingress.spec else {
             b.warn(&object, Kind::Ingress, "spec", "missing; nothing to serve");
             continue;
@@ -320,6 +369,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
                             path: "/".into(),
                             host: "".into(),
                         },
+                        https_redirect: redirect_for(None, "/"),
                     });
                 }
                 Some(_) => b.warn(
@@ -358,8 +408,15 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
             let Some(http) = &rule.http else {
                 // A host with no paths still gets a server (its implicit `/`).
                 if let Some(host) = &host {
-                    let fallback =
-                        host_fallback(&mut b, &own_default, &namespace, &name, host, default_route);
+                    let fallback = host_fallback(
+                        &mut b,
+                        &own_default,
+                        &namespace,
+                        &name,
+                        host,
+                        default_route,
+                        redirect_for(Some(host), "/"),
+                    );
                     servers.get_or_insert(host, || fallback);
                 }
                 continue;
@@ -428,6 +485,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
                         path: path_value.as_str().into(),
                         host: host_key.as_str().into(),
                     },
+                    https_redirect: redirect_for(host.as_deref(), &path_value),
                 });
                 let entry = PathEntry {
                     path: path_value,
@@ -445,6 +503,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
                                 &name,
                                 host,
                                 default_route,
+                                redirect_for(Some(host), "/"),
                             )
                         } else {
                             0
@@ -479,9 +538,11 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
             backends: b.backends.list,
             settings: Arc::new(settings),
             config_hash,
+            tls: tls_table,
         },
         diagnostics: b.diagnostics,
         served_ingresses: served_names,
+        cert_requests,
     }
 }
 
@@ -490,6 +551,7 @@ fn default_backend_route(b: &mut Builder<'_>, options: &TranslateOptions) -> Rou
     let mut route = Route {
         target: Target::NotFound,
         labels: RouteLabels::default(),
+        https_redirect: None,
     };
     if let Some(svc) = &options.default_backend_service {
         let object = ObjectRef::new("Service", &svc.namespace, &svc.name);
@@ -531,6 +593,7 @@ fn host_fallback(
     name: &str,
     host: &str,
     default_route: RouteId,
+    https_redirect: Option<HttpsRedirect>,
 ) -> RouteId {
     let (target, service, port) = match own_default {
         Some((target, service, port)) => (target.clone(), service.clone(), port.clone()),
@@ -553,6 +616,7 @@ fn host_fallback(
             path: "/".into(),
             host: host.into(),
         },
+        https_redirect,
     })
 }
 
@@ -594,28 +658,129 @@ fn place_locations(vhost: &mut VHost, entries: &[PathEntry], hasher: &mut impl H
     }
 }
 
-/// Report what this version does not act on, so nothing is silently ignored.
-fn report_unsupported(b: &mut Builder<'_>, object: &ObjectRef, ingress: &Ingress) {
-    if let Some(annotations) = &ingress.metadata.annotations {
-        for key in annotations.keys() {
-            if let Some(name) = key.strip_prefix(NGINX_ANNOTATION_PREFIX) {
+/// With `--internal-ca`: every `spec.tls` entry whose Secret is missing, or was issued by the
+/// internal CA (so it is renewed and follows host changes), asks for a certificate for its
+/// hosts. A Secret Sluice did not create is never replaced.
+fn internal_ca_requests(
+    store: &Store,
+    served: &[&Arc<Ingress>],
+) -> Vec<crate::internal_ca::CertRequest> {
+    let mut requests: Vec<crate::internal_ca::CertRequest> = Vec::new();
+    for ingress in served {
+        let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
+        let Some(spec) = &ingress.spec else { continue };
+        for tls in spec.tls.as_deref().unwrap_or(&[]) {
+            let Some(secret_name) = tls.secret_name.as_deref().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let ours = match store
+                .secrets
+                .get(&(namespace.clone(), secret_name.to_string()))
+            {
+                None => true,
+                Some(secret) => crate::internal_ca::is_internal_ca_secret(secret),
+            };
+            if !ours
+                || requests
+                    .iter()
+                    .any(|r| r.namespace == namespace && r.secret_name == secret_name)
+            {
+                continue;
+            }
+            let mut hosts: Vec<String> = tls
+                .hosts
+                .as_deref()
+                .unwrap_or(&[])
+                .iter()
+                .filter_map(|h| normalize_host(h).ok())
+                .collect();
+            hosts.sort();
+            hosts.dedup();
+            if hosts.is_empty() {
+                continue;
+            }
+            requests.push(crate::internal_ca::CertRequest {
+                namespace: namespace.clone(),
+                secret_name: secret_name.to_string(),
+                hosts,
+            });
+        }
+    }
+    requests
+}
+
+/// The certificate of every host that an Ingress with a `spec.tls` section serves: the
+/// oldest such Ingress decides (ingress-nginx's `createServers`), and a host whose Secret is
+/// missing or wrong gets the default certificate but still counts as TLS-configured (so
+/// ssl-redirect applies to it). Returns the table and the TLS-configured hosts.
+fn assign_certificates(
+    b: &mut Builder<'_>,
+    served: &[&Arc<Ingress>],
+    options: &TranslateOptions,
+    requested: &[crate::internal_ca::CertRequest],
+) -> (TlsTable, HashSet<String>) {
+    let mut table = TlsTable::default();
+    let mut tls_hosts = HashSet::new();
+    let mut certs = tls::SecretCerts::default();
+    for ingress in served {
+        let Some(spec) = &ingress.spec else { continue };
+        if spec.tls.as_ref().is_none_or(|t| t.is_empty()) {
+            continue;
+        }
+        let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
+        let name = ingress.metadata.name.clone().unwrap_or_default();
+        let object = ObjectRef::new("Ingress", &namespace, &name);
+        let hosts: HashSet<String> = spec
+            .rules
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|r| r.host.as_deref())
+            .filter_map(|h| normalize_host(h).ok())
+            .filter(|h| !tls_hosts.contains(h))
+            .collect();
+        tls_hosts.extend(hosts.iter().cloned());
+        for host_cert in tls::hosts_of_ingress(ingress, &hosts, &b.store.secrets, &mut certs) {
+            match host_cert.result {
+                Ok(cert) => {
+                    if cert.expired {
+                        b.warn(&object, Kind::Ingress, &host_cert.field, format!("the certificate for host {} in Secret {}/{} is expired or not yet valid; serving it anyway", host_cert.host, cert.entry.info.namespace, cert.entry.info.secret_name));
+                    }
+                    host_cert.host.hash(&mut b.hasher);
+                    cert.entry.info.identifier.hash(&mut b.hasher);
+                    table.insert(&host_cert.host, cert.entry);
+                }
+                Err(_)
+                    if requested
+                        .iter()
+                        .any(|r| r.namespace == namespace && r.hosts.contains(&host_cert.host)) =>
+                {
+                    // Being issued by the internal CA; the default certificate until then.
+                }
+                Err(message) => b.warn(&object, Kind::Ingress, host_cert.field, message),
+            }
+        }
+    }
+    if let Some(default) = &options.default_ssl_certificate {
+        match certs.get(&b.store.secrets, &default.namespace, &default.name) {
+            Ok(cert) => {
+                cert.entry.info.identifier.hash(&mut b.hasher);
+                table.default = Some(cert.entry);
+            }
+            Err(e) => {
+                let object = ObjectRef::new("Secret", &default.namespace, &default.name);
                 b.warn(
-                    object,
-                    Kind::Ingress,
-                    format!("metadata.annotations[{key}]"),
-                    format!("annotation {name} is not implemented in this Sluice version; ignored"),
+                    &object,
+                    Kind::Secret,
+                    "",
+                    format!(
+                        "--default-ssl-certificate: {e}; using the self-signed fake certificate"
+                    ),
                 );
             }
         }
     }
-    if ingress
-        .spec
-        .as_ref()
-        .and_then(|s| s.tls.as_ref())
-        .is_some_and(|t| !t.is_empty())
-    {
-        b.warn(object, Kind::Ingress, "spec.tls", "TLS termination is not implemented in this Sluice version; hosts are served over HTTP only");
-    }
+    (table, tls_hosts)
 }
 
 #[cfg(test)]

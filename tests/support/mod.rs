@@ -444,6 +444,7 @@ impl SluiceProcess {
             .arg(&manifests)
             .args(["--http-port", &http_port.to_string()])
             .args(["--healthz-port", &admin_port.to_string()])
+            .args(["--https-port", &free_port().to_string()])
             .args(["--metrics-port", &admin_port.to_string()])
             .args(["--bind-address", "127.0.0.1", "--healthz-host", "127.0.0.1"])
             .args(extra)
@@ -529,5 +530,100 @@ impl Drop for SluiceProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// ---- Added for the Kubernetes-mode tests (tests/kube.rs): the fake API server and a Sluice
+// started against it. ----
+
+pub mod fake_apiserver;
+
+/// Flags for a Sluice in cluster mode against the API server at `api_url`, as pod `pod` of
+/// namespace `network`; leader election with a 2 s lease so failover tests stay short.
+pub fn kube_cli(api_url: &str, pod: &str) -> Cli {
+    let mut cli = Cli::for_test("unused");
+    cli.manifests = None;
+    cli.kubeconfig = None;
+    cli.apiserver_host = Some(api_url.to_string());
+    cli.pod_name = Some(pod.to_string());
+    cli.pod_namespace = Some("network".to_string());
+    cli.election_ttl = Duration::from_secs(2);
+    cli
+}
+
+/// A Sluice in cluster mode, running in this test's runtime.
+pub struct KubeSluice {
+    pub running: Option<Running>,
+    pub http: SocketAddr,
+}
+
+impl KubeSluice {
+    /// Start and wait until the first snapshot (after the initial list) is live.
+    pub async fn start(cli: Cli) -> KubeSluice {
+        let running = app::start_with_access_log(cli, false)
+            .await
+            .expect("sluice starts in cluster mode");
+        let sluice = KubeSluice {
+            http: running.http_addr,
+            running: Some(running),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sluice.running().health.healthy() {
+            assert!(Instant::now() < deadline, "sluice did not become ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sluice
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn metrics(&self) -> String {
+        self.running().state.metrics.render().unwrap()
+    }
+
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        send(
+            self.http,
+            Request::get(path)
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Wait up to `limit` until `GET host/path` answers `status`.
+    pub async fn wait_status(&self, host: &str, path: &str, status: u16, limit: Duration) -> Reply {
+        let deadline = Instant::now() + limit;
+        loop {
+            let reply = self.get(host, path).await;
+            if reply.status == status {
+                return reply;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host}{path}: still {} after {limit:?}, wanted {status}: {}",
+                reply.status,
+                reply.text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+/// Wait up to `limit` for `check` to hold.
+pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
