@@ -182,6 +182,7 @@ pub async fn handle(
     let mut upstream_status = None;
     let mut upstream_name = String::new();
     let redirect = route
+        .policy
         .https_redirect
         .as_ref()
         .filter(|_| ctx.scheme.as_bytes() == b"http");

@@ -52,13 +52,21 @@ pub struct HttpsRedirect {
     pub port: Option<u16>,
 }
 
+/// What a location does to a request besides routing it: everything annotations and the
+/// ConfigMap decide per location, resolved at translate time. Built in one place,
+/// `translate::policy::route_policy`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoutePolicy {
+    /// Set when plain HTTP requests to this location are redirected to HTTPS.
+    pub https_redirect: Option<HttpsRedirect>,
+}
+
 /// One location: where matching requests go, and how they are labelled.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub target: Target,
     pub labels: RouteLabels,
-    /// Set when plain HTTP requests to this location are redirected to HTTPS.
-    pub https_redirect: Option<HttpsRedirect>,
+    pub policy: Arc<RoutePolicy>,
 }
 
 /// One generation of configuration.
@@ -85,7 +93,7 @@ impl Snapshot {
             routes: vec![Route {
                 target: Target::NotFound,
                 labels: RouteLabels::default(),
-                https_redirect: None,
+                policy: Arc::default(),
             }],
             backends: Vec::new(),
             settings: Arc::new(Settings::default()),
@@ -170,7 +178,7 @@ impl Snapshot {
             Target::NotFound => "default-404".to_string(),
         };
         let l = &route.labels;
-        let redirect = match &route.https_redirect {
+        let redirect = match &route.policy.https_redirect {
             Some(r) => format!(" https-redirect {}", r.code),
             None => String::new(),
         };

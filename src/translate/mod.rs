@@ -5,6 +5,7 @@
 pub mod annotations;
 pub mod backends;
 pub mod class;
+pub mod policy;
 pub mod tls;
 
 use std::collections::{HashMap, HashSet};
@@ -17,9 +18,7 @@ use crate::cli::{Cli, NamespacedName};
 use crate::diagnostics::{Diagnostic, ObjectRef};
 use crate::settings::Settings;
 use crate::snapshot::tls::TlsTable;
-use crate::snapshot::{
-    HttpsRedirect, Route, RouteId, RouteLabels, Router, Snapshot, Target, VHost,
-};
+use crate::snapshot::{Route, RouteId, RouteLabels, Router, Snapshot, Target, VHost};
 use crate::store::{Kind, Store};
 use backends::{Backends, PortRef};
 use class::{ClassDecision, ClassFilter};
@@ -318,30 +317,14 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
         for d in ann_diags {
             b.warn(&d.object, Kind::Ingress, d.field, d.message);
         }
-        let redirect_for = |host: Option<&str>, path: &str| -> Option<HttpsRedirect> {
-            let ssl = ann.ssl_redirect.unwrap_or(settings.ssl_redirect)
-                && host.is_some_and(|h| tls_hosts.contains(h));
-            let force = ann
-                .force_ssl_redirect
-                .unwrap_or(settings.force_ssl_redirect);
-            if !(ssl || force)
-                || settings
-                    .no_tls_redirect_locations
-                    .iter()
-                    .any(|l| path.starts_with(l.as_str()))
-            {
-                return None;
-            }
-            Some(HttpsRedirect {
-                code: settings.http_redirect_code,
-                preserve_trailing_slash: ann
-                    .preserve_trailing_slash
-                    .unwrap_or(settings.preserve_trailing_slash),
-                port: ann
-                    .use_port_in_redirects
-                    .unwrap_or(settings.use_port_in_redirects)
-                    .then_some(options.https_port),
-            })
+        let ingress_policy = policy::IngressPolicy {
+            annotations: &ann,
+            settings: &settings,
+            options,
+            tls_hosts: &tls_hosts,
+        };
+        let policy_for = |host: Option<&str>, path: &str| {
+            Arc::new(policy::route_policy(&ingress_policy, host, path))
         };
         let Some(spec) = &ingress.spec else {
             b.warn(&object, Kind::Ingress, "spec", "missing; nothing to serve");
@@ -369,7 +352,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
                             path: "/".into(),
                             host: "".into(),
                         },
-                        https_redirect: redirect_for(None, "/"),
+                        policy: policy_for(None, "/"),
                     });
                 }
                 Some(_) => b.warn(
@@ -415,7 +398,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
                         &name,
                         host,
                         default_route,
-                        redirect_for(Some(host), "/"),
+                        policy_for(Some(host), "/"),
                     );
                     servers.get_or_insert(host, || fallback);
                 }
@@ -485,7 +468,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
                         path: path_value.as_str().into(),
                         host: host_key.as_str().into(),
                     },
-                    https_redirect: redirect_for(host.as_deref(), &path_value),
+                    policy: policy_for(host.as_deref(), &path_value),
                 });
                 let entry = PathEntry {
                     path: path_value,
@@ -503,7 +486,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
                                 &name,
                                 host,
                                 default_route,
-                                redirect_for(Some(host), "/"),
+                                policy_for(Some(host), "/"),
                             )
                         } else {
                             0
@@ -551,7 +534,7 @@ fn default_backend_route(b: &mut Builder<'_>, options: &TranslateOptions) -> Rou
     let mut route = Route {
         target: Target::NotFound,
         labels: RouteLabels::default(),
-        https_redirect: None,
+        policy: Arc::default(),
     };
     if let Some(svc) = &options.default_backend_service {
         let object = ObjectRef::new("Service", &svc.namespace, &svc.name);
@@ -593,7 +576,7 @@ fn host_fallback(
     name: &str,
     host: &str,
     default_route: RouteId,
-    https_redirect: Option<HttpsRedirect>,
+    policy: Arc<crate::snapshot::RoutePolicy>,
 ) -> RouteId {
     let (target, service, port) = match own_default {
         Some((target, service, port)) => (target.clone(), service.clone(), port.clone()),
@@ -616,7 +599,7 @@ fn host_fallback(
             path: "/".into(),
             host: host.into(),
         },
-        https_redirect,
+        policy,
     })
 }
 
