@@ -36,6 +36,8 @@ pub struct AccessRecord {
     pub namespace: String,
     pub ingress: String,
     pub service: String,
+    /// `log-format-escape-json` at the time of the request.
+    pub escape_json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,11 +56,7 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// Start the writer task on `out` (stdout in production).
-    pub fn start<W: std::io::Write + Send + 'static>(
-        format: Format,
-        escape_json: bool,
-        out: W,
-    ) -> AccessLog {
+    pub fn start<W: std::io::Write + Send + 'static>(format: Format, out: W) -> AccessLog {
         let (tx, mut rx) = mpsc::channel::<AccessRecord>(QUEUE);
         std::thread::Builder::new()
             .name("access-log".into())
@@ -71,7 +69,9 @@ impl AccessLog {
                     while let Some(record) = next {
                         line.clear();
                         match format {
-                            Format::Upstream => render_upstream(&record, escape_json, &mut line),
+                            Format::Upstream => {
+                                render_upstream(&record, record.escape_json, &mut line)
+                            }
                             Format::Json => render_json(&record, &mut line),
                         }
                         line.push('\n');
@@ -305,6 +305,7 @@ mod tests {
             namespace: "shop".into(),
             ingress: "web".into(),
             service: "web".into(),
+            escape_json: false,
         }
     }
 
@@ -316,6 +317,13 @@ mod tests {
             line,
             r#"10.0.0.7 - - [25/Nov/2026:20:53:09 +0000] "GET /a?b=1 HTTP/1.1" 200 12 "-" "curl/8.0 \x22x\x22" 80 0.003 [shop-web-80] [] 10.1.0.5:8080 12 0.002 200 abc"#
         );
+    }
+
+    #[test]
+    fn escape_json_uses_json_escapes_instead_of_hex() {
+        let mut line = String::new();
+        render_upstream(&record(), true, &mut line);
+        assert!(line.contains("\"curl/8.0 \\\"x\\\"\""), "{line}");
     }
 
     #[test]

@@ -214,7 +214,7 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
         } else {
             Format::Upstream
         };
-        AccessLog::start(format, false, std::io::stdout())
+        AccessLog::start(format, std::io::stdout())
     });
     let fake = crate::proxy::tls::fake_certificate()
         .map_err(|e| StartError::FakeCertificate(e.to_string()))?;

@@ -122,8 +122,37 @@ pub struct Settings {
     /// `keep-alive-requests` (1000): requests per client connection before it is closed (the
     /// last response carries `Connection: close`).
     pub keep_alive_requests: u64,
-    /// `client-header-timeout` (60 s): time to receive a request header.
+    /// `client-header-timeout` (60 s): time to receive a request header, counted from its
+    /// first byte (or from accept); the connection is closed when it runs out.
     pub client_header_timeout: Duration,
+    /// `client-body-timeout` (60 s): time between two reads of a request body; 408 when it
+    /// runs out.
+    pub client_body_timeout: Duration,
+    /// `proxy-body-size` / `client-max-body-size` (1m): largest request body; `0` = no
+    /// limit. Over it: 413. Default for the annotation of the same name.
+    pub proxy_body_size: u64,
+    /// `client-body-buffer-size` (8k): request body kept in memory when buffering; the rest
+    /// goes to a temporary file.
+    pub client_body_buffer_size: u64,
+    /// `proxy-request-buffering` (on): read the whole request body before proxying.
+    pub proxy_request_buffering: bool,
+    /// `large-client-header-buffers` (`4 8k`): a header line over the size gets 400, a
+    /// request header over number x size gets 431 (hyper's answer; nginx says 400).
+    pub large_client_header_buffers: (usize, usize),
+    /// `use-gzip` / `enable-gzip` (false), `gzip-level` (1), `gzip-types` (ingress-nginx's
+    /// list; text/html always), `gzip-min-length` (256), `gzip-disable` (none; a regex on
+    /// User-Agent, or `msie6`).
+    pub use_gzip: bool,
+    pub gzip_level: u32,
+    pub gzip_types: Vec<String>,
+    pub gzip_min_length: u64,
+    pub gzip_disable: Option<crate::proxy::compress::UserAgentPattern>,
+    /// `enable-brotli` (false), `brotli-level` (4), `brotli-types` (ingress-nginx's list),
+    /// `brotli-min-length` (20).
+    pub enable_brotli: bool,
+    pub brotli_level: u32,
+    pub brotli_types: Vec<String>,
+    pub brotli_min_length: u64,
     /// `upstream-keepalive-connections` (320): idle upstream connections kept per endpoint;
     /// 0 disables upstream keep-alive.
     pub upstream_keepalive_connections: usize,
@@ -171,6 +200,26 @@ pub struct Settings {
     pub use_http2: bool,
     /// `http2-max-concurrent-streams` (128).
     pub http2_max_concurrent_streams: u32,
+    /// `limit-req-status-code` (503): answer to requests over `limit-rps` / `limit-rpm`.
+    pub limit_req_status_code: u16,
+    /// `limit-conn-status-code` (503): answer to requests over `limit-connections`.
+    pub limit_conn_status_code: u16,
+    /// `whitelist-source-range` (also `allowlist-source-range`; none): default allowlist of
+    /// every location, replaced by the annotation. `Err` (reported) when the value has an
+    /// invalid entry: locations without their own annotation then answer 503, as a bad
+    /// security setting does in ingress-nginx.
+    pub whitelist_source_range: Result<Vec<IpNet>, String>,
+    /// `denylist-source-range` (none): default denylist, replaced by the annotation; `Err`
+    /// as above.
+    pub denylist_source_range: Result<Vec<IpNet>, String>,
+    /// `block-cidrs` (none): clients answered 403 on every server. Invalid entries are
+    /// reported and left out.
+    pub block_cidrs: Vec<IpNet>,
+    /// `block-user-agents` (none): User-Agent values answered 403; exact strings (any case),
+    /// `~regex` or `~*regex`. Invalid regexes are reported and left out.
+    pub block_user_agents: Vec<String>,
+    /// `block-referers` (none): as block-user-agents, for Referer.
+    pub block_referers: Vec<String>,
 }
 
 /// ingress-nginx's default `ssl-ciphers`.
@@ -216,6 +265,24 @@ impl Default for Settings {
             keep_alive: Duration::from_secs(75),
             keep_alive_requests: 1000,
             client_header_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            proxy_body_size: 1024 * 1024,
+            client_body_buffer_size: 8 * 1024,
+            proxy_request_buffering: true,
+            large_client_header_buffers: (4, 8 * 1024),
+            use_gzip: false,
+            gzip_level: 1,
+            gzip_types: crate::proxy::compress::parse_types(
+                crate::proxy::compress::DEFAULT_GZIP_TYPES,
+            ),
+            gzip_min_length: 256,
+            gzip_disable: None,
+            enable_brotli: false,
+            brotli_level: 4,
+            brotli_types: crate::proxy::compress::parse_types(
+                crate::proxy::compress::DEFAULT_BROTLI_TYPES,
+            ),
+            brotli_min_length: 20,
             upstream_keepalive_connections: 320,
             upstream_keepalive_timeout: Duration::from_secs(60),
             upstream_keepalive_requests: 10000,
@@ -239,6 +306,13 @@ impl Default for Settings {
             ssl_ciphers: DEFAULT_SSL_CIPHERS.split(':').map(str::to_string).collect(),
             use_http2: true,
             http2_max_concurrent_streams: 128,
+            limit_req_status_code: 503,
+            limit_conn_status_code: 503,
+            whitelist_source_range: Ok(Vec::new()),
+            denylist_source_range: Ok(Vec::new()),
+            block_cidrs: Vec::new(),
+            block_user_agents: Vec::new(),
+            block_referers: Vec::new(),
         }
     }
 }
@@ -249,32 +323,8 @@ pub const DEFAULT_LOG_FORMAT_UPSTREAM: &str = r#"$remote_addr - $remote_user [$t
 /// ingress-nginx ConfigMap keys Sluice knows but does not act on yet. They are reported as
 /// such, never silently dropped.
 const NOT_YET_SUPPORTED: &[&str] = &[
-    "proxy-body-size",
-    "client-max-body-size",
-    "client-body-buffer-size",
-    "client-body-timeout",
-    "use-gzip",
-    "enable-gzip",
-    "gzip-level",
-    "gzip-types",
-    "gzip-min-length",
-    "gzip-disable",
-    "enable-brotli",
-    "brotli-level",
-    "brotli-types",
-    "brotli-min-length",
-    "large-client-header-buffers",
     "client-header-buffer-size",
-    "limit-req-status-code",
-    "limit-conn-status-code",
-    "whitelist-source-range",
-    "allowlist-source-range",
-    "denylist-source-range",
-    "block-cidrs",
-    "block-user-agents",
-    "block-referers",
     "custom-http-errors",
-    "proxy-request-buffering",
     "proxy-buffering",
     "proxy-buffer-size",
     "proxy-http-version",
@@ -337,6 +387,24 @@ impl Settings {
                 "keep-alive" | "keepalive-timeout" => set(&mut s.keep_alive, parse_duration(value), &mut bad),
                 "keep-alive-requests" => set(&mut s.keep_alive_requests, parse_num(value), &mut bad),
                 "client-header-timeout" => set(&mut s.client_header_timeout, parse_duration(value), &mut bad),
+                "client-body-timeout" => set(&mut s.client_body_timeout, parse_duration(value), &mut bad),
+                "proxy-body-size" | "client-max-body-size" => set(&mut s.proxy_body_size, parse_size(value), &mut bad),
+                "client-body-buffer-size" => set(&mut s.client_body_buffer_size, parse_size(value), &mut bad),
+                "proxy-request-buffering" => set(&mut s.proxy_request_buffering, parse_on_off(value), &mut bad),
+                "large-client-header-buffers" => set(&mut s.large_client_header_buffers, parse_header_buffers(value), &mut bad),
+                "use-gzip" | "enable-gzip" => set(&mut s.use_gzip, parse_bool(value), &mut bad),
+                "gzip-level" => set(&mut s.gzip_level, parse_level(value, 1, 9), &mut bad),
+                "gzip-types" => s.gzip_types = crate::proxy::compress::parse_types(value),
+                "gzip-min-length" => set(&mut s.gzip_min_length, parse_num(value), &mut bad),
+                "gzip-disable" if value.is_empty() => s.gzip_disable = None,
+                "gzip-disable" => match crate::proxy::compress::UserAgentPattern::parse(value) {
+                    Ok(p) => s.gzip_disable = Some(p),
+                    Err(e) => bad(e),
+                },
+                "enable-brotli" => set(&mut s.enable_brotli, parse_bool(value), &mut bad),
+                "brotli-level" => set(&mut s.brotli_level, parse_level(value, 0, 11), &mut bad),
+                "brotli-types" => s.brotli_types = crate::proxy::compress::parse_types(value),
+                "brotli-min-length" => set(&mut s.brotli_min_length, parse_num(value), &mut bad),
                 "upstream-keepalive-connections" => set(&mut s.upstream_keepalive_connections, parse_num(value), &mut bad),
                 "upstream-keepalive-timeout" => set(&mut s.upstream_keepalive_timeout, parse_duration(value), &mut bad),
                 "upstream-keepalive-requests" => set(&mut s.upstream_keepalive_requests, parse_num(value), &mut bad),
@@ -418,6 +486,59 @@ impl Settings {
                     }
                 }
                 "use-http2" => set(&mut s.use_http2, parse_bool(value), &mut bad),
+                "limit-req-status-code" => set(&mut s.limit_req_status_code, parse_error_status(value), &mut bad),
+                "limit-conn-status-code" => set(&mut s.limit_conn_status_code, parse_error_status(value), &mut bad),
+                "limit-conn-zone-variable" => {
+                    if !matches!(value, "$binary_remote_addr" | "$remote_addr") {
+                        bad("Sluice keys limits on the client address only ($binary_remote_addr)".into());
+                    }
+                }
+                "whitelist-source-range" | "allowlist-source-range" | "denylist-source-range" => {
+                    let parsed = parse_cidrs(value);
+                    if let Err(e) = &parsed {
+                        diags.push(Diagnostic::warning(
+                            object.clone(),
+                            format!("data.{key}"),
+                            format!("invalid value {raw:?}: {e}; locations without their own annotation answer 503"),
+                        ));
+                    }
+                    if key == "denylist-source-range" {
+                        s.denylist_source_range = parsed;
+                    } else {
+                        s.whitelist_source_range = parsed;
+                    }
+                }
+                "block-cidrs" => {
+                    for item in split_list(value) {
+                        match parse_cidrs(item) {
+                            Ok(nets) => s.block_cidrs.extend(nets),
+                            Err(e) => diags.push(Diagnostic::warning(
+                                object.clone(),
+                                format!("data.{key}"),
+                                format!("{e}; entry left out"),
+                            )),
+                        }
+                    }
+                }
+                "block-user-agents" | "block-referers" => {
+                    let entries: Vec<String> = split_list(value)
+                        .map(|e| e.trim_matches('"').to_string())
+                        .filter(|e| !e.is_empty())
+                        .collect();
+                    let (_, invalid) = crate::snapshot::access::HeaderMatcher::new(&entries);
+                    for (entry, reason) in invalid {
+                        diags.push(Diagnostic::warning(
+                            object.clone(),
+                            format!("data.{key}"),
+                            format!("{entry:?} is not a valid regex ({reason}); entry left out"),
+                        ));
+                    }
+                    if key == "block-user-agents" {
+                        s.block_user_agents = entries;
+                    } else {
+                        s.block_referers = entries;
+                    }
+                }
                 "http2-max-concurrent-streams" => match parse_num::<u32>(value) {
                     Ok(n) if n > 0 => s.http2_max_concurrent_streams = n,
                     Ok(_) => bad("must be positive".into()),
@@ -469,10 +590,51 @@ pub fn parse_bool(value: &str) -> Result<bool, String> {
     }
 }
 
+/// nginx's `on`/`off` (true/false accepted too).
+pub fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "On" | "ON" => Ok(true),
+        "off" | "Off" | "OFF" => Ok(false),
+        other => parse_bool(other).map_err(|_| "expected on or off".to_string()),
+    }
+}
+
+/// A compression level within `min..=max`.
+fn parse_level(value: &str, min: u32, max: u32) -> Result<u32, String> {
+    match value.parse::<u32>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a level from {min} to {max}")),
+    }
+}
+
+/// `large-client-header-buffers`: `<number> <size>`, e.g. `4 8k`.
+fn parse_header_buffers(value: &str) -> Result<(usize, usize), String> {
+    let err = || "expected a number and a size, such as 4 8k".to_string();
+    let mut parts = value.split_whitespace();
+    let (Some(n), Some(size), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(err());
+    };
+    let n: usize = n.parse().map_err(|_| err())?;
+    let size = parse_size(size)?;
+    // Bounded so number x size cannot overflow or ask hyper for an absurd buffer.
+    if n == 0 || size == 0 || n > 1024 || size > 1024 * 1024 {
+        return Err(err());
+    }
+    Ok((n, size as usize))
+}
+
 pub fn parse_num<T: std::str::FromStr>(value: &str) -> Result<T, String> {
     value
         .parse::<T>()
         .map_err(|_| "expected a non-negative whole number".to_string())
+}
+
+/// A status for limit rejections: 400 to 599, as nginx's `limit_req_status` accepts.
+fn parse_error_status(value: &str) -> Result<u16, String> {
+    match value.parse::<u16>() {
+        Ok(code @ 400..=599) => Ok(code),
+        _ => Err("expected a status code from 400 to 599".into()),
+    }
 }
 
 /// nginx time syntax: a bare number is seconds; units ms, s, m, h, d may be combined
@@ -617,6 +779,43 @@ mod tests {
         assert!(n.error && n.timeout && n.retries_status(502) && !n.retries_status(503));
         assert_eq!(NextUpstream::parse("off").unwrap(), NextUpstream::OFF);
         assert!(NextUpstream::parse("sometimes").is_err());
+    }
+
+    #[test]
+    fn seed_spellings_of_body_size_and_gzip() {
+        let (a, d) = settings(&[
+            ("client-max-body-size", "50m"),
+            ("enable-gzip", "true"),
+            ("gzip-level", "6"),
+        ]);
+        assert!(d.is_empty(), "{d:?}");
+        let (b, _) = settings(&[
+            ("proxy-body-size", "50m"),
+            ("use-gzip", "true"),
+            ("gzip-level", "6"),
+        ]);
+        assert_eq!(a, b);
+        assert_eq!(a.proxy_body_size, 50 * 1024 * 1024);
+        assert!(a.use_gzip);
+        let (s, d) = settings(&[
+            ("gzip-types", "text/css,application/json text/plain"),
+            ("gzip-disable", "msie6"),
+            ("large-client-header-buffers", "2 16k"),
+            ("proxy-request-buffering", "off"),
+            ("client-body-buffer-size", "16k"),
+        ]);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(s.gzip_types, ["text/css", "application/json", "text/plain"]);
+        assert!(s.gzip_disable.is_some());
+        assert_eq!(s.large_client_header_buffers, (2, 16 * 1024));
+        assert!(!s.proxy_request_buffering);
+        let (s, d) = settings(&[
+            ("gzip-level", "10"),
+            ("gzip-disable", "("),
+            ("large-client-header-buffers", "8k"),
+        ]);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert_eq!(s.gzip_level, 1);
     }
 
     #[test]

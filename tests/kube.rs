@@ -617,3 +617,80 @@ async fn configmap_named_by_flag_is_watched() {
             && r.contains("fieldSelector=metadata.name")));
     sluice.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_service_addresses_become_status() {
+    let fake = FakeApi::start().await;
+    let web = Backend::start("web").await;
+    seed(&fake, &web);
+    fake.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "sluice", "namespace": "network"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "externalIPs": ["192.0.2.7"],
+                 "ports": [{"name": "http", "port": 80}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}}));
+    let mut cli = kube_cli(&fake.url(), "sluice-0");
+    cli.publish_service = Some("network/sluice".parse().unwrap());
+    cli.update_status_on_shutdown = false;
+    let sluice = KubeSluice::start(cli).await;
+    let expected = json!([{"ip": "192.0.2.7"}, {"ip": "203.0.113.5"}]);
+    eventually(5 * SECOND, "status from the LoadBalancer Service", || {
+        status_of(&fake, "shop", "web") == expected
+    })
+    .await;
+    sluice.shutdown().await;
+    assert_eq!(status_of(&fake, "shop", "web"), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_rbac_for_ingress_classes_falls_back_to_the_annotation() {
+    let fake = FakeApi::start().await;
+    let web = Backend::start("web").await;
+    fake.forbid("ingressclasses");
+    fake.apply_yaml(&service("shop", "web", 80, &[web.addr]));
+    fake.apply(ingress_json(
+        "shop",
+        "by-annotation",
+        None,
+        Some("nginx"),
+        "ann.example",
+        "web",
+    ));
+    fake.apply(ingress_json(
+        "shop",
+        "by-class",
+        Some("nginx"),
+        None,
+        "class.example",
+        "web",
+    ));
+    let sluice = KubeSluice::start(kube_cli(&fake.url(), "sluice-0")).await;
+    assert_eq!(sluice.get("ann.example", "/").await.status, 200);
+    assert_eq!(sluice.get("class.example", "/").await.status, 404);
+    sluice.shutdown().await;
+}
+
+/// DESIGN: `proxy/` and `snapshot/` never import `kube` or `k8s_openapi`.
+#[test]
+fn data_path_knows_no_kubernetes_types() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&root.join("proxy"), &mut files);
+    walk(&root.join("snapshot"), &mut files);
+    assert!(!files.is_empty());
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for word in ["k8s_openapi", "kube::", "crate::source", "crate::store"] {
+            assert!(!text.contains(word), "{} mentions {word}", file.display());
+        }
+    }
+}

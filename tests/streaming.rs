@@ -161,6 +161,21 @@ impl Generated {
     }
 }
 
+/// The bulk Ingress: no body size limit, and the request body streamed rather than buffered
+/// (`proxy-request-buffering: off`), which is what this test measures; buffered uploads are
+/// tested in tests/limits.rs.
+fn streaming_ingress() -> String {
+    with_annotations(
+        ingress(
+            "bulk",
+            "bulk",
+            "bulk.example",
+            &[("/", "Prefix", "bulk", 80)],
+        ),
+        &[("proxy-body-size", "0"), ("proxy-request-buffering", "off")],
+    )
+}
+
 async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Generated> {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -173,14 +188,8 @@ async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Ge
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_each_way_streams_with_bounded_memory() {
     let backend = start_backend().await;
-    let manifests = ingress_class()
-        + &service("bulk", "bulk", 80, &[backend])
-        + &ingress(
-            "bulk",
-            "bulk",
-            "bulk.example",
-            &[("/", "Prefix", "bulk", 80)],
-        );
+    let manifests =
+        ingress_class() + &service("bulk", "bulk", 80, &[backend]) + &streaming_ingress();
     let proxy = SluiceProcess::start(&[("bulk.yaml", manifests)], &[]).await;
     let rss_at_start = peak_rss(proxy.pid());
 
@@ -276,14 +285,8 @@ async fn one_gib_each_way_streams_with_bounded_memory() {
 async fn chunked_bodies_stream_both_ways() {
     const LEN: u64 = 256 << 20;
     let backend = start_backend().await;
-    let manifests = ingress_class()
-        + &service("bulk", "bulk", 80, &[backend])
-        + &ingress(
-            "bulk",
-            "bulk",
-            "bulk.example",
-            &[("/", "Prefix", "bulk", 80)],
-        );
+    let manifests =
+        ingress_class() + &service("bulk", "bulk", 80, &[backend]) + &streaming_ingress();
     let proxy = SluiceProcess::start(&[("bulk.yaml", manifests)], &[]).await;
     let mut sender = connect(proxy.http).await;
 

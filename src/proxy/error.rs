@@ -38,6 +38,12 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    #[error("TLS handshake with upstream {addr} failed: {source}")]
+    UpstreamTls {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("upstream {addr} switched protocols without being asked")]
     UnexpectedUpgrade { addr: SocketAddr },
     #[error("upstream handshake with {addr} failed: {source}")]
@@ -70,6 +76,7 @@ impl ProxyError {
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnexpectedUpgrade { .. }
+            | ProxyError::UpstreamTls { .. }
             | ProxyError::Handshake { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -80,6 +87,7 @@ impl ProxyError {
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::Handshake { .. }
+            | ProxyError::UpstreamTls { .. }
             | ProxyError::Resolve { .. } => Some(RetryClass::Error),
             ProxyError::ConnectTimeout { .. }
             | ProxyError::ReadTimeout { .. }
@@ -97,8 +105,37 @@ impl ProxyError {
             | ProxyError::SendTimeout { addr }
             | ProxyError::Upstream { addr, .. }
             | ProxyError::UnexpectedUpgrade { addr }
+            | ProxyError::UpstreamTls { addr, .. }
             | ProxyError::Handshake { addr, .. } => Some(*addr),
             _ => None,
+        }
+    }
+}
+
+/// Why the proxy refused a request from the downstream side before forwarding it (traffic
+/// policy, reference §3d). Never retried: the client is told at once.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    #[error("location denied: {reason}")]
+    LocationDenied { reason: std::sync::Arc<str> },
+    #[error("client blocked by {list}")]
+    Blocked { list: &'static str },
+    #[error("client over limit-connections")]
+    ConnectionLimit { status: u16 },
+    #[error("client over {which}")]
+    RateLimit { which: &'static str, status: u16 },
+}
+
+impl Refusal {
+    /// 503 for a denied location (ingress-nginx's `return 503`), 403 for the address and
+    /// block lists, `limit-conn-status-code` / `limit-req-status-code` (503) for limits.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::LocationDenied { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Blocked { .. } => StatusCode::FORBIDDEN,
+            Refusal::ConnectionLimit { status } | Refusal::RateLimit { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
         }
     }
 }

@@ -9,17 +9,19 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::body::{empty, BodyProgress, ProgressBody, ProxyBody, UpstreamBody};
 use super::error::{ProxyError, RetryClass};
-use super::upstream::PoolKey;
+use super::request_body::RequestBody;
+use super::upstream::{ConnectSpec, Endpoint, PoolKey};
 use super::ProxyState;
 use crate::settings::Settings;
+use crate::snapshot::UpstreamProtocol;
 use crate::snapshot::{Backend, BackendKind};
+use rustls::pki_types::ServerName;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -196,13 +198,15 @@ fn idempotent(method: &Method) -> bool {
 }
 
 /// Send `req` to one of `backend`'s endpoints, retrying others as `proxy-next-upstream`
-/// allows. The request body streams; it can be sent again only while no byte of it was.
+/// allows. A streamed request body can be sent again only while no byte of it was; a
+/// buffered one (proxy-request-buffering) is replayed on every attempt.
 pub async fn forward(
     state: &Arc<ProxyState>,
     settings: &Settings,
     backend: &Arc<Backend>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     ctx: &ForwardContext,
+    protocol: &UpstreamProtocol,
 ) -> Result<Forwarded, ForwardError> {
     let started = Instant::now();
     let endpoints = backend.endpoint_count();
@@ -226,15 +230,51 @@ pub async fn forward(
         .as_ref()
         .map(|_| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let headers = upstream_headers(settings, &parts.headers, ctx, upgrade_protocol.as_ref());
-    let uri: http::Uri = parts
+    let mut headers = upstream_headers(settings, &parts.headers, ctx, upgrade_protocol.as_ref());
+    let spec = connect_spec(protocol, ctx, backend);
+    let path = parts
         .uri
         .path_and_query()
-        .and_then(|pq| pq.as_str().parse().ok())
-        .unwrap_or_else(|| http::Uri::from_static("/"));
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let uri: http::Uri = if spec.http2 {
+        // HTTP/2 carries the host in :authority; gRPC needs `te: trailers` end to end.
+        let scheme = if spec.tls.is_some() { "https" } else { "http" };
+        let authority = ctx.best_host.to_str().unwrap_or("localhost");
+        headers.remove(header::HOST);
+        if parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        format!("{scheme}://{authority}{path}")
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("/"))
+    } else {
+        path.parse().unwrap_or_else(|_| http::Uri::from_static("/"))
+    };
+    let upstream_version = if spec.http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
 
-    let body_empty = body.is_end_stream();
-    let mut body: Option<ProxyBody> = Some(body.map_err(Into::into).boxed_unsync());
+    let body_empty = body.is_empty();
+    if let Some(len) = body.buffered_len() {
+        // A buffered body goes upstream with its length, never chunked (as nginx does).
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    let replay = match &body {
+        RequestBody::Buffered(spool) => Some(spool.clone()),
+        _ => None,
+    };
+    let mut body: Option<ProxyBody> = Some(match body {
+        RequestBody::Empty => empty(),
+        RequestBody::Stream(b) => b,
+        RequestBody::Buffered(spool) => spool.body(),
+    });
 
     let policy = settings.proxy_next_upstream;
     let may_retry_method = idempotent(&parts.method) || policy.non_idempotent;
@@ -249,10 +289,14 @@ pub async fn forward(
     let mut attempt = 0usize;
     loop {
         attempt += 1;
-        let key = pick_endpoint(backend, &tried);
+        let key = PoolKey {
+            endpoint: pick_endpoint(backend, &tried),
+            http2: spec.http2,
+            tls: spec.tls.as_ref().map(|(t, _)| t.id),
+        };
         let mut conn = match state
             .pool
-            .checkout(&key, settings.proxy_connect_timeout)
+            .checkout(&key, &spec, settings.proxy_connect_timeout)
             .await
         {
             Ok(conn) => conn,
@@ -283,7 +327,7 @@ pub async fn forward(
         let mut upstream_req = Request::new(request_body);
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri.clone();
-        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.version_mut() = upstream_version;
         *upstream_req.headers_mut() = headers.clone();
 
         let send = conn.sender.try_send_request(upstream_req);
@@ -294,7 +338,7 @@ pub async fn forward(
                 body = match returned {
                     Some(req) => Some(req.into_body()),
                     None if body_empty => Some(empty()),
-                    None => None,
+                    None => replay.as_ref().map(|spool| spool.body()),
                 };
                 // A keep-alive connection the upstream closed just as we reused it is worth
                 // another try even on the same endpoint.
@@ -315,11 +359,11 @@ pub async fn forward(
         if policy.retries_status(status.as_u16())
             && attempt < max_tries
             && tried.len() < endpoints
-            && body_empty
+            && (body_empty || replay.is_some())
             && may_retry_method
             && deadline.is_none_or(|d| Instant::now() < d)
         {
-            body = Some(empty());
+            body = Some(replay.as_ref().map_or_else(empty, |spool| spool.body()));
             continue;
         }
 
@@ -389,10 +433,36 @@ fn can_retry(
     allowed && attempt < max_tries && deadline.is_none_or(|d| Instant::now() < d)
 }
 
+/// The connection this request needs: HTTP/2 for gRPC, TLS for HTTPS/GRPCS (and AUTO_HTTP
+/// when the client came over HTTPS), verified against `proxy-ssl-name` or the Service's
+/// cluster name.
+fn connect_spec(
+    protocol: &UpstreamProtocol,
+    ctx: &ForwardContext,
+    backend: &Backend,
+) -> ConnectSpec {
+    let tls = match (&protocol.tls, &protocol.tls_auto) {
+        (Some(tls), _) => Some(tls.clone()),
+        (None, Some(tls)) if ctx.scheme.as_bytes() == b"https" => Some(tls.clone()),
+        _ => None,
+    };
+    let tls = tls.map(|tls| {
+        let name = tls.server_name.clone().unwrap_or_else(|| {
+            ServerName::try_from(format!("{}.{}.svc", backend.service, backend.namespace))
+                .unwrap_or_else(|_| ServerName::try_from("localhost").expect("valid name"))
+        });
+        (tls, name)
+    });
+    ConnectSpec {
+        http2: protocol.http2,
+        tls,
+    }
+}
+
 /// Round robin, skipping endpoints this request already failed on when others remain.
-fn pick_endpoint(backend: &Backend, tried: &[SocketAddr]) -> PoolKey {
+fn pick_endpoint(backend: &Backend, tried: &[SocketAddr]) -> Endpoint {
     match &backend.kind {
-        BackendKind::ExternalName { host, port } => PoolKey::Name(Arc::from(host.as_str()), *port),
+        BackendKind::ExternalName { host, port } => Endpoint::Name(Arc::from(host.as_str()), *port),
         _ => {
             let n = backend.endpoint_count();
             let mut pick = backend.pick();
@@ -402,7 +472,7 @@ fn pick_endpoint(backend: &Backend, tried: &[SocketAddr]) -> PoolKey {
                     _ => break,
                 }
             }
-            PoolKey::Addr(pick.expect("endpoint_count() > 0 was checked"))
+            Endpoint::Addr(pick.expect("endpoint_count() > 0 was checked"))
         }
     }
 }

@@ -12,6 +12,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
+use super::conn_timer::{ConnActivity, TimedIo};
 use super::service::{handle, ConnInfo};
 use super::tls::TlsContext;
 use super::ProxyState;
@@ -119,23 +120,38 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Arc::new(ConnActivity::default());
     let info = Arc::new(ConnInfo {
         peer,
         local,
         scheme,
         requests: Default::default(),
+        activity: activity.clone(),
     });
     let settings = state.snapshot.load().settings.clone();
+    // hyper's one header timer also runs while a keep-alive connection idles, so both
+    // client-header-timeout and keep-alive are kept by the IO wrapper instead.
+    let io = TimedIo::new(
+        io,
+        activity,
+        settings.client_header_timeout,
+        settings.keep_alive,
+    );
+    // large-client-header-buffers: a request header must fit in number x size (hyper answers
+    // 431 beyond; its buffer cannot be smaller than 8 KiB).
+    let (buffers, buffer_size) = settings.large_client_header_buffers;
+    let header_limit = buffers.saturating_mul(buffer_size).max(8192);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(!settings.keep_alive.is_zero())
-        // hyper's one header timer also bounds the idle time between keep-alive requests.
-        .header_read_timeout(settings.keep_alive.max(Duration::from_secs(1)));
+        .header_read_timeout(None)
+        .max_buf_size(header_limit);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(header_limit).unwrap_or(u32::MAX))
         .max_concurrent_streams(settings.http2_max_concurrent_streams);
     // use-http2 false: TLS clients get HTTP/1.1 only, even if they send the h2 preface
     // without having negotiated it.

@@ -2,11 +2,16 @@
 //! upstream pool, and every response the proxy makes itself. Reads the current snapshot
 //! once per request; knows nothing of Kubernetes.
 
+pub mod access;
 pub mod body;
 pub mod client_ip;
+pub mod compress;
+pub mod conn_timer;
 pub mod error;
 pub mod forward;
+pub mod limit;
 pub mod listener;
+pub mod request_body;
 pub mod service;
 pub mod tls;
 pub mod upstream;
@@ -35,6 +40,8 @@ pub struct ProxyState {
     pub tunnels: Arc<Tracker>,
     /// Open client connections, which shutdown waits for.
     pub connections: Arc<Tracker>,
+    /// Rate and connection limiter state, kept across snapshots.
+    pub limits: Arc<limit::LimitRegistry>,
 }
 
 impl ProxyState {
@@ -44,6 +51,8 @@ impl ProxyState {
         access_log: Option<AccessLog>,
     ) -> ProxyState {
         let pool = upstream::Pool::new(upstream::PoolConfig::from(&*snapshot.load().settings));
+        let limits = Arc::new(limit::LimitRegistry::default());
+        limits.spawn_maintenance(&snapshot);
         ProxyState {
             snapshot,
             pool,
@@ -52,6 +61,7 @@ impl ProxyState {
             draining: AtomicBool::new(false),
             tunnels: Arc::new(Tracker::default()),
             connections: Arc::new(Tracker::default()),
+            limits,
         }
     }
 

@@ -15,8 +15,13 @@ use hyper::body::Incoming;
 
 use super::body::{OnResponseEnd, ProxyBody, ResponseBody};
 use super::client_ip::client_ip;
-use super::error::{add_slash_redirect, error_response};
+use super::compress::{compress_response, ClientAccepts};
+use super::conn_timer::{ConnActivity, RequestGuard};
+use super::error::{add_slash_redirect, error_response, Refusal};
 use super::forward::{forward, ForwardContext};
+use super::request_body::{
+    buffer_body, discard, limit_body, reject_early, BodyVerdict, RequestBody,
+};
 use super::ProxyState;
 use crate::access_log::AccessRecord;
 use crate::metrics::RequestLabels;
@@ -36,6 +41,8 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// Requests served on this connection so far (for keep-alive-requests).
     pub requests: AtomicU64,
+    /// Requests in flight, for the connection's header and keep-alive timers.
+    pub activity: Arc<ConnActivity>,
 }
 
 fn method_label(method: &Method) -> Cow<'static, str> {
@@ -82,6 +89,10 @@ struct Completion {
     log: Option<AccessRecord>,
     upstream_header_time: Option<Duration>,
     upstream_bytes: Option<Arc<AtomicU64>>,
+    /// Ends the request for the connection's timers when the response body ends.
+    _in_flight: RequestGuard,
+    /// Keeps the request counted against `limit-connections` until the body ends.
+    _conn_guard: Option<super::limit::ConnGuard>,
 }
 
 impl OnResponseEnd for Completion {
@@ -109,6 +120,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
+    let in_flight = conn.activity.request_started();
     let snapshot = state.snapshot.load_full();
     let settings = snapshot.settings.clone();
     let served_on_conn = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
@@ -186,7 +198,49 @@ pub async fn handle(
         .https_redirect
         .as_ref()
         .filter(|_| ctx.scheme.as_bytes() == b"http");
+    // nginx rejects oversized header lines and declared bodies while reading the request,
+    // before any other phase (and before the limits count the request).
+    let early = match matched {
+        RouteMatch::Route(_) => reject_early(&settings, &route.policy, req.uri(), req.headers()),
+        RouteMatch::AddSlash(_) => None,
+    };
+    let accepts = ClientAccepts::from_request(&settings, &method, version, req.headers());
+    let verdict = Arc::new(BodyVerdict::default());
+    let (parts, body) = req.into_parts();
+    let body = if early.is_some() {
+        // A client waiting for 100-continue sends nothing more; reading would invite it to.
+        if !parts.headers.contains_key(header::EXPECT) {
+            discard(body);
+        }
+        RequestBody::Empty
+    } else {
+        limit_body(body, &settings, &route.policy, &verdict)
+    };
+    let req = Request::from_parts(parts, body);
+    let mut conn_guard = None;
+    let refusal = match &matched {
+        RouteMatch::Route(_) if early.is_none() => admit(
+            &state,
+            &route.policy,
+            client,
+            req.headers(),
+            redirect.is_some(),
+        )
+        .map(|guard| conn_guard = guard)
+        .err(),
+        _ => None,
+    };
     let mut response = match (&matched, &route.target) {
+        _ if early.is_some() => close_after(error_response(early.expect("checked by the guard"))),
+        _ if refusal.is_some() => {
+            let refusal = refusal.as_ref().expect("checked by the guard");
+            tracing::debug!(
+                client = %client,
+                request_id = request_id.to_str().unwrap_or(""),
+                "{refusal}"
+            );
+            error_response(refusal.status())
+        }
         (RouteMatch::Route(_), _) if redirect.is_some() => {
             let redirect = redirect.expect("checked by the guard");
             https_redirect(redirect, &ctx.best_host, req.uri())
@@ -202,16 +256,33 @@ pub async fn handle(
             add_slash_redirect(&format!("{}://{host}{path}/{query}", conn.scheme))
         }
         (RouteMatch::Route(_), Target::NotFound) => error_response(StatusCode::NOT_FOUND),
-        (RouteMatch::Route(_), Target::Backend(id)) => {
+        (RouteMatch::Route(_), Target::Backend(id)) => 'backend: {
             let backend = snapshot.backend(*id).clone();
             upstream_name = backend.name.clone();
-            match forward(&state, &settings, &backend, req, &ctx).await {
+            let (parts, body) = req.into_parts();
+            let req = match buffer_body(body, &route.policy).await {
+                Ok(body) => Request::from_parts(parts, body),
+                Err(e) => {
+                    tracing::debug!(request_id = request_id.to_str().unwrap_or(""), "{e}");
+                    break 'backend close_after(error_response(e.status()));
+                }
+            };
+            match forward(
+                &state,
+                &settings,
+                &backend,
+                req,
+                &ctx,
+                &route.policy.upstream,
+            )
+            .await
+            {
                 Ok(forwarded) => {
                     upstream_header_time = Some(forwarded.header_time);
                     upstream_bytes = Some(forwarded.upstream_bytes);
                     upstream_addr = Some(forwarded.upstream_addr);
                     upstream_status = Some(forwarded.upstream_status);
-                    forwarded.response
+                    compress_response(&settings, &accepts, forwarded.response)
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -223,12 +294,21 @@ pub async fn handle(
                     if e.upstream_addr().is_some() {
                         upstream_status = Some(e.status().as_u16());
                     }
-                    error_response(e.status())
+                    // A streamed body cut by proxy-body-size or client-body-timeout is the
+                    // client's failure, not the upstream's.
+                    match verdict.status() {
+                        Some(status) => close_after(error_response(status)),
+                        None => error_response(e.status()),
+                    }
                 }
             }
         }
     };
 
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A tunnel now: proxy-read-timeout governs it, not the keep-alive timer.
+        conn.activity.upgraded();
+    }
     // Announce every server-side close so well-behaved clients never see a failed request.
     let last_on_conn = version <= Version::HTTP_11
         && (state.is_draining() || served_on_conn >= settings.keep_alive_requests);
@@ -265,6 +345,7 @@ pub async fn handle(
         record.upstream_addr = upstream_addr;
         record.upstream_status = upstream_status;
         record.upstream_response_time = upstream_header_time;
+        record.escape_json = settings.log_format_escape_json;
         record
     });
     let completion = Completion {
@@ -274,12 +355,45 @@ pub async fn handle(
         log,
         upstream_header_time,
         upstream_bytes,
+        _conn_guard: conn_guard,
+        _in_flight: in_flight,
     };
     let (head, body) = response.into_parts();
     Ok(Response::from_parts(
         head,
         ResponseBody::new(body, Box::new(completion)),
     ))
+}
+
+/// The traffic policy of a matched location, in nginx's phase order: a denied location and
+/// the user-agent/referer block lists (rewrite phase, before the HTTPS redirect), then the
+/// limits (preaccess), then the address lists (access). `Ok` carries the guard of
+/// `limit-connections`.
+fn admit(
+    state: &ProxyState,
+    policy: &crate::snapshot::RoutePolicy,
+    client: IpAddr,
+    headers: &http::HeaderMap,
+    redirecting: bool,
+) -> Result<Option<super::limit::ConnGuard>, Refusal> {
+    super::access::check_early(policy, headers)?;
+    if redirecting {
+        return Ok(None);
+    }
+    let guard = match &policy.limits {
+        Some(limits) => state.limits.apply_limits(limits, client)?,
+        None => None,
+    };
+    super::access::check_access(policy, client)?;
+    Ok(guard)
+}
+
+/// A response after which the connection is closed: the request body was not read to its end.
+fn close_after(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// ingress-nginx's HTTP-to-HTTPS redirect: `https://<host without port>[:port]<request URI>`,
@@ -361,5 +475,6 @@ fn access_record(
         namespace: labels.namespace.to_string(),
         ingress: labels.ingress.to_string(),
         service: labels.service.to_string(),
+        escape_json: false,
     }
 }

@@ -13,13 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::body::{OnUpstreamEnd, ProxyBody};
 use super::error::ProxyError;
 use crate::settings::Settings;
+use crate::snapshot::UpstreamTls;
 
 /// Pool limits, from the ConfigMap's upstream-keepalive-* keys.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,12 +48,70 @@ impl From<&Settings> for PoolConfig {
     }
 }
 
-/// What the pool is keyed by: an endpoint address, or an ExternalName and port.
+/// Where an upstream is: an endpoint address, or an ExternalName and port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PoolKey {
+pub enum Endpoint {
     Addr(SocketAddr),
     Name(Arc<str>, u16),
 }
+
+/// What the pool is keyed by: the endpoint and how we speak to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub endpoint: Endpoint,
+    pub http2: bool,
+    /// `UpstreamTls::id` when the connection is TLS.
+    pub tls: Option<u64>,
+}
+
+/// How to open a connection for a [`PoolKey`].
+#[derive(Debug, Clone)]
+pub struct ConnectSpec {
+    pub http2: bool,
+    /// TLS settings and the name to verify (and send as SNI when configured).
+    pub tls: Option<(Arc<UpstreamTls>, ServerName<'static>)>,
+}
+
+/// A request sender on an HTTP/1.1 or HTTP/2 upstream connection.
+pub enum Sender {
+    H1(http1::SendRequest<ProxyBody>),
+    /// Shared by every request on the connection (multiplexed).
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+/// What sending a request gives back: the response, or the error and (when nothing was
+/// written) the request itself, so it can go elsewhere.
+pub type SendResult = Result<
+    http::Response<hyper::body::Incoming>,
+    hyper::client::conn::TrySendError<http::Request<ProxyBody>>,
+>;
+
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    pub fn is_http2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+
+    /// Send a request; see [`SendResult`].
+    pub fn try_send_request(
+        &mut self,
+        req: http::Request<ProxyBody>,
+    ) -> impl std::future::Future<Output = SendResult> {
+        match self {
+            Sender::H1(s) => futures_util::future::Either::Left(s.try_send_request(req)),
+            Sender::H2(s) => futures_util::future::Either::Right(s.try_send_request(req)),
+        }
+    }
+}
+
+/// A shared HTTP/2 connection: its sender, the peer, and when it was opened.
+type SharedH2 = (http2::SendRequest<ProxyBody>, SocketAddr, Instant);
 
 struct IdleConn {
     sender: http1::SendRequest<ProxyBody>,
@@ -62,7 +123,7 @@ struct IdleConn {
 
 /// A connection checked out for one request.
 pub struct Conn {
-    pub sender: http1::SendRequest<ProxyBody>,
+    pub sender: Sender,
     pub key: PoolKey,
     pub peer: SocketAddr,
     created: Instant,
@@ -82,6 +143,8 @@ struct PoolStats {
 
 struct PoolInner {
     idle: Mutex<HashMap<PoolKey, Vec<IdleConn>>>,
+    /// One multiplexed HTTP/2 connection per key.
+    h2: Mutex<HashMap<PoolKey, SharedH2>>,
     config: ArcSwap<PoolConfig>,
     stats: PoolStats,
 }
@@ -109,6 +172,7 @@ impl Pool {
         Pool {
             inner: Arc::new(PoolInner {
                 idle: Mutex::new(HashMap::new()),
+                h2: Mutex::new(HashMap::new()),
                 config: ArcSwap::from_pointee(config),
                 stats: PoolStats::default(),
             }),
@@ -159,69 +223,92 @@ impl Pool {
         None
     }
 
-    /// A connection to `key`: an idle one if any is alive, else a new one within
-    /// `connect_timeout`.
+    /// A connection to `key`: an idle (or, for HTTP/2, the shared) one if alive, else a new
+    /// one within `connect_timeout` (TCP and TLS together).
     pub async fn checkout(
         &self,
         key: &PoolKey,
+        spec: &ConnectSpec,
         connect_timeout: Duration,
     ) -> Result<Conn, ProxyError> {
-        while let Some(mut idle) = self.take_idle(key) {
-            // The previous response was read to its end; readiness is immediate unless the
-            // upstream closed the connection meanwhile.
-            if idle.sender.ready().await.is_ok() {
-                self.inner.stats.reused.fetch_add(1, Ordering::Relaxed);
-                return Ok(Conn {
-                    sender: idle.sender,
-                    key: key.clone(),
-                    peer: idle.peer,
-                    created: idle.created,
-                    uses: idle.uses,
-                    reused: true,
-                    connect_time: Duration::ZERO,
-                });
+        if key.http2 {
+            let shared = self
+                .inner
+                .h2
+                .lock()
+                .ok()
+                .and_then(|map| map.get(key).filter(|(s, _, _)| !s.is_closed()).cloned());
+            if let Some((mut sender, peer, created)) = shared {
+                if sender.ready().await.is_ok() {
+                    self.inner.stats.reused.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Conn {
+                        sender: Sender::H2(sender),
+                        key: key.clone(),
+                        peer,
+                        created,
+                        uses: 0,
+                        reused: true,
+                        connect_time: Duration::ZERO,
+                    });
+                }
+            }
+        } else {
+            while let Some(mut idle) = self.take_idle(key) {
+                // The previous response was read to its end; readiness is immediate unless
+                // the upstream closed the connection meanwhile.
+                if idle.sender.ready().await.is_ok() {
+                    self.inner.stats.reused.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Conn {
+                        sender: Sender::H1(idle.sender),
+                        key: key.clone(),
+                        peer: idle.peer,
+                        created: idle.created,
+                        uses: idle.uses,
+                        reused: true,
+                        connect_time: Duration::ZERO,
+                    });
+                }
             }
         }
         let started = Instant::now();
-        let peer = match key {
-            PoolKey::Addr(addr) => *addr,
-            PoolKey::Name(host, port) => resolve(host, *port).await?,
+        let peer = match &key.endpoint {
+            Endpoint::Addr(addr) => *addr,
+            Endpoint::Name(host, port) => resolve(host, *port).await?,
         };
-        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(peer)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(ProxyError::Connect { addr: peer, source }),
+        let sender = match tokio::time::timeout(connect_timeout, connect(peer, spec)).await {
+            Ok(result) => result?,
             Err(_) => return Err(ProxyError::ConnectTimeout { addr: peer }),
         };
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ProxyError::Handshake { addr: peer, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(upstream = %peer, error = %e, "upstream connection ended with an error");
-            }
-        });
         self.inner.stats.created.fetch_add(1, Ordering::Relaxed);
+        let created = Instant::now();
+        if let Sender::H2(h2) = &sender {
+            if let Ok(mut map) = self.inner.h2.lock() {
+                map.insert(key.clone(), (h2.clone(), peer, created));
+            }
+        }
         Ok(Conn {
             sender,
             key: key.clone(),
             peer,
-            created: Instant::now(),
+            created,
             uses: 0,
             reused: false,
             connect_time: started.elapsed(),
         })
     }
 
-    /// Give a connection back after its response was read to the end.
+    /// Give a connection back after its response was read to the end. HTTP/2 connections
+    /// stay shared in the pool and need nothing.
     fn checkin(&self, conn: Conn) {
+        let Sender::H1(sender) = conn.sender else {
+            return;
+        };
         let config = self.inner.config.load();
         let uses = conn.uses + 1;
         if config.max_idle_per_endpoint == 0
             || uses >= config.max_requests
             || conn.created.elapsed() >= config.max_age
-            || conn.sender.is_closed()
+            || sender.is_closed()
         {
             return;
         }
@@ -238,7 +325,7 @@ impl Pool {
             list.remove(0);
         }
         list.push(IdleConn {
-            sender: conn.sender,
+            sender,
             peer: conn.peer,
             idle_since: now,
             created: conn.created,
@@ -248,6 +335,9 @@ impl Pool {
 
     /// Close idle connections past their timeout (run periodically).
     pub fn sweep(&self) {
+        if let Ok(mut h2) = self.inner.h2.lock() {
+            h2.retain(|_, (sender, _, _)| !sender.is_closed());
+        }
         let config = self.inner.config.load();
         let Ok(mut idle) = self.inner.idle.lock() else {
             return;
@@ -281,6 +371,55 @@ impl OnUpstreamEnd for Checkin {
     fn finished(self: Box<Self>) {
         let Checkin { pool, conn } = *self;
         pool.checkin(conn);
+    }
+}
+
+/// Open TCP, then TLS when asked, then the HTTP/1.1 or HTTP/2 handshake.
+async fn connect(peer: SocketAddr, spec: &ConnectSpec) -> Result<Sender, ProxyError> {
+    let tcp = TcpStream::connect(peer)
+        .await
+        .map_err(|source| ProxyError::Connect { addr: peer, source })?;
+    let _ = tcp.set_nodelay(true);
+    match &spec.tls {
+        None => handshake(tcp, spec.http2, peer).await,
+        Some((tls, name)) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            let stream = connector
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|source| ProxyError::UpstreamTls { addr: peer, source })?;
+            handshake(stream, spec.http2, peer).await
+        }
+    }
+}
+
+async fn handshake<I>(io: I, http2: bool, peer: SocketAddr) -> Result<Sender, ProxyError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if http2 {
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| ProxyError::Handshake { addr: peer, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(upstream = %peer, error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        Ok(Sender::H2(sender))
+    } else {
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| ProxyError::Handshake { addr: peer, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(upstream = %peer, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Sender::H1(sender))
     }
 }
 

@@ -2,6 +2,7 @@
 //! one generation. Built by `translate`, swapped in whole by `publish`; a request loads it
 //! once and sees one generation from start to end. Knows nothing of Kubernetes.
 
+pub mod access;
 pub mod backend;
 pub mod route;
 pub mod tls;
@@ -59,6 +60,61 @@ pub struct HttpsRedirect {
 pub struct RoutePolicy {
     /// Set when plain HTTP requests to this location are redirected to HTTPS.
     pub https_redirect: Option<HttpsRedirect>,
+    /// `proxy-body-size`: largest request body in bytes (413 over it); `None` = unlimited.
+    pub max_body_size: Option<u64>,
+    /// `proxy-request-buffering`: read the whole request body before proxying.
+    pub request_buffering: bool,
+    /// `client-body-buffer-size`: bytes of a buffered body kept in memory.
+    pub client_body_buffer_size: u64,
+    /// How to speak to the upstream (`backend-protocol`, `proxy-ssl-*`).
+    pub upstream: UpstreamProtocol,
+    /// Set when an invalid security annotation (a bad CIDR) denies every request with 503,
+    /// as ingress-nginx does; the text names the annotation.
+    pub denied: Option<Arc<str>>,
+    /// Address and block lists (403); `None` when no list applies.
+    pub access: Option<Arc<access::AccessPolicy>>,
+    /// Rate and connection limits of the Ingress; `None` when it sets none.
+    pub limits: Option<Arc<access::LimitPolicy>>,
+}
+
+/// The protocol to the upstream: HTTP/1.1 or HTTP/2 (gRPC), over TCP or TLS.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamProtocol {
+    /// HTTP/2 to the upstream (`backend-protocol: GRPC` or `GRPCS`).
+    pub http2: bool,
+    /// TLS to the upstream (`HTTPS`, `GRPCS`).
+    pub tls: Option<Arc<UpstreamTls>>,
+    /// `AUTO_HTTP`: TLS to the upstream when the client came over HTTPS (with `tls_auto`).
+    pub tls_auto: Option<Arc<UpstreamTls>>,
+}
+
+/// TLS settings towards an upstream.
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// Name the certificate is verified against (and sent as SNI when `send_sni`):
+    /// `proxy-ssl-name`, else the Service's cluster name `<service>.<namespace>.svc`.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// `proxy-ssl-server-name`: send SNI (off by default, as ingress-nginx).
+    pub send_sni: bool,
+    /// Stable hash of these settings: pooled connections are shared by equal settings,
+    /// across configuration generations.
+    pub id: u64,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .field("send_sni", &self.send_sni)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
 }
 
 /// One location: where matching requests go, and how they are labelled.

@@ -283,6 +283,17 @@ async fn filter_changed(rx: &mut Option<watch::Receiver<Option<Namespaces>>>) {
     }
 }
 
+fn plural(kind: Kind) -> &'static str {
+    match kind {
+        Kind::IngressClass => "IngressClasses",
+        Kind::Ingress => "Ingresses",
+        Kind::Service => "Services",
+        Kind::EndpointSlice => "EndpointSlices",
+        Kind::Secret => "Secrets",
+        Kind::ConfigMap => "ConfigMaps",
+    }
+}
+
 fn key_of<K: Resource>(o: &K) -> Key {
     (
         o.meta().namespace.clone().unwrap_or_default(),
@@ -304,6 +315,8 @@ async fn watch_kind<K>(
     // Keys sent to the store, so only those are ever deleted (a Secret update that is
     // dropped by trimming does not cost a translation).
     let mut kept: HashSet<Key> = HashSet::new();
+    // Whether this kind has reached the store once (a list, or an empty stand-in after 403).
+    let mut listed = false;
     'restart: loop {
         let Some(filter) = current_filter(&mut namespaces).await else {
             return;
@@ -329,18 +342,34 @@ async fn watch_kind<K>(
                     if failing {
                         tracing::info!(
                             kind = kind.as_str(),
-                            "watch of {}s working again",
-                            kind.as_str()
+                            "watch of {} working again",
+                            plural(kind)
                         );
                         failing = false;
                     }
                     event
                 }
                 Err(e) => {
+                    let forbidden = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.is_forbidden());
+                    if forbidden && !listed {
+                        // As ingress-nginx without RBAC for IngressClasses: carry on without
+                        // this kind rather than never becoming ready; keep retrying.
+                        tracing::warn!(kind = kind.as_str(), error = %e, "no permission to list {}; continuing without them (check the ClusterRole)", plural(kind));
+                        listed = true;
+                        failing = true;
+                        if tx
+                            .send((kind, StoreEvent::ReplaceKind(kind, Vec::new())))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
                     if failing {
                         tracing::debug!(kind = kind.as_str(), error = %e, "watch still failing");
                     } else {
-                        tracing::warn!(kind = kind.as_str(), error = %e, "watch of {}s failed; retrying with backoff, the last configuration keeps serving", kind.as_str());
+                        tracing::warn!(kind = kind.as_str(), error = %e, "watch of {} failed; retrying with backoff, the last configuration keeps serving", plural(kind));
                         failing = true;
                     }
                     continue;
@@ -363,6 +392,7 @@ async fn watch_kind<K>(
                 Event::InitDone => {
                     let objects = buffer.take().unwrap_or_default();
                     kept = objects.iter().map(Object::key).collect();
+                    listed = true;
                     tracing::debug!(kind = kind.as_str(), count = objects.len(), "listed");
                     Some(StoreEvent::ReplaceKind(kind, objects))
                 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::diagnostics::{Diagnostic, ObjectRef};
-use crate::settings::parse_bool;
+use crate::settings::{parse_bool, parse_on_off, parse_size};
 
 /// Annotation prefix of ingress-nginx.
 pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
@@ -16,6 +16,19 @@ pub const IMPLEMENTED: &[&str] = &[
     "force-ssl-redirect",
     "preserve-trailing-slash",
     "use-port-in-redirects",
+    "proxy-body-size",
+    "client-body-buffer-size",
+    "proxy-request-buffering",
+    // Traffic policy (translate/traffic.rs).
+    "whitelist-source-range",
+    "allowlist-source-range",
+    "denylist-source-range",
+    "limit-rps",
+    "limit-rpm",
+    "limit-connections",
+    "limit-burst-multiplier",
+    "limit-whitelist",
+    "limit-allowlist",
 ];
 
 /// Per-Ingress settings from annotations; `None` means "the ConfigMap's value".
@@ -25,6 +38,34 @@ pub struct IngressAnnotations {
     pub force_ssl_redirect: Option<bool>,
     pub preserve_trailing_slash: Option<bool>,
     pub use_port_in_redirects: Option<bool>,
+    /// `proxy-body-size` in bytes (`0` = unlimited).
+    pub proxy_body_size: Option<u64>,
+    /// `client-body-buffer-size` in bytes.
+    pub client_body_buffer_size: Option<u64>,
+    /// `proxy-request-buffering` (`on`/`off`).
+    pub proxy_request_buffering: Option<bool>,
+}
+
+/// An annotation parsed with `parse`; a bad value is reported and `None` returned.
+fn value_annotation<T>(
+    annotations: &BTreeMap<String, String>,
+    name: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+    object: &ObjectRef,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    let value = annotations.get(&format!("{PREFIX}{name}"))?;
+    match parse(value.trim()) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            diags.push(Diagnostic::warning(
+                object.clone(),
+                format!("metadata.annotations[{PREFIX}{name}]"),
+                format!("invalid value {value:?}: {e}; using the ConfigMap default"),
+            ));
+            None
+        }
+    }
 }
 
 fn bool_annotation(
@@ -71,10 +112,32 @@ pub fn parse(
             object,
             &mut diags,
         ),
+        proxy_body_size: value_annotation(
+            annotations,
+            "proxy-body-size",
+            parse_size,
+            object,
+            &mut diags,
+        ),
+        client_body_buffer_size: value_annotation(
+            annotations,
+            "client-body-buffer-size",
+            parse_size,
+            object,
+            &mut diags,
+        ),
+        proxy_request_buffering: value_annotation(
+            annotations,
+            "proxy-request-buffering",
+            parse_on_off,
+            object,
+            &mut diags,
+        ),
     };
     for key in annotations.keys() {
         if let Some(name) = key.strip_prefix(PREFIX) {
-            if !IMPLEMENTED.contains(&name) {
+            if !IMPLEMENTED.contains(&name) && !super::backend_protocol::ANNOTATIONS.contains(&name)
+            {
                 diags.push(Diagnostic::warning(
                     object.clone(),
                     format!("metadata.annotations[{key}]"),

@@ -3,10 +3,12 @@
 //! diagnostic and is skipped; it never stops the rest of the configuration.
 
 pub mod annotations;
+pub mod backend_protocol;
 pub mod backends;
 pub mod class;
 pub mod policy;
 pub mod tls;
+pub mod traffic;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -276,6 +278,16 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
 
     // Route 0: the global default backend.
     let default_route = default_backend_route(&mut b, options);
+    // block-cidrs / block-user-agents / block-referers hold on every server, the default
+    // one included.
+    let blocks = traffic::global_blocks(&settings);
+    if let Some(blocks) = &blocks {
+        let policy = std::sync::Arc::make_mut(&mut b.routes[default_route as usize].policy);
+        policy.access = Some(Arc::new(crate::snapshot::access::AccessPolicy {
+            blocks: Some(blocks.clone()),
+            ..Default::default()
+        }));
+    }
 
     let filter = ClassFilter::new(store, options);
     let mut served: Vec<&Arc<Ingress>> = Vec::new();
@@ -317,7 +329,34 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
         for d in ann_diags {
             b.warn(&d.object, Kind::Ingress, d.field, d.message);
         }
+        let (upstream, upstream_diags) = backend_protocol::upstream_protocol(
+            ingress.metadata.annotations.as_ref(),
+            &namespace,
+            &store.secrets,
+            &object,
+        );
+        for d in upstream_diags {
+            b.warn(&d.object, Kind::Ingress, d.field, d.message);
+        }
+        let zone = format!(
+            "{namespace}/{name}/{}",
+            ingress.metadata.uid.as_deref().unwrap_or("")
+        );
+        let mut traffic_diags = Vec::new();
+        let traffic = traffic::ingress_traffic(
+            ingress.metadata.annotations.as_ref(),
+            &settings,
+            &blocks,
+            &zone,
+            &object,
+            &mut traffic_diags,
+        );
+        for d in traffic_diags {
+            b.warn(&d.object, Kind::Ingress, d.field, d.message);
+        }
         let ingress_policy = policy::IngressPolicy {
+            traffic: &traffic,
+            upstream: &upstream,
             annotations: &ann,
             settings: &settings,
             options,

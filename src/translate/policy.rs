@@ -6,10 +6,14 @@ use std::collections::HashSet;
 use super::annotations::IngressAnnotations;
 use super::TranslateOptions;
 use crate::settings::Settings;
-use crate::snapshot::{HttpsRedirect, RoutePolicy};
+use crate::snapshot::{HttpsRedirect, RoutePolicy, UpstreamProtocol};
 
 /// What is known about one Ingress when its locations are built.
 pub struct IngressPolicy<'a> {
+    /// Address lists, block lists and limits, resolved once per Ingress.
+    pub traffic: &'a super::traffic::IngressTraffic,
+    /// `backend-protocol` and `proxy-ssl-*`, resolved once per Ingress.
+    pub upstream: &'a UpstreamProtocol,
     pub annotations: &'a IngressAnnotations,
     pub settings: &'a Settings,
     pub options: &'a TranslateOptions,
@@ -21,6 +25,25 @@ pub struct IngressPolicy<'a> {
 pub fn route_policy(ingress: &IngressPolicy<'_>, host: Option<&str>, path: &str) -> RoutePolicy {
     RoutePolicy {
         https_redirect: https_redirect(ingress, host, path),
+        upstream: ingress.upstream.clone(),
+        denied: ingress.traffic.denied.clone(),
+        access: ingress.traffic.access.clone(),
+        limits: ingress.traffic.limits.clone(),
+        max_body_size: Some(
+            ingress
+                .annotations
+                .proxy_body_size
+                .unwrap_or(ingress.settings.proxy_body_size),
+        )
+        .filter(|&limit| limit > 0),
+        request_buffering: ingress
+            .annotations
+            .proxy_request_buffering
+            .unwrap_or(ingress.settings.proxy_request_buffering),
+        client_body_buffer_size: ingress
+            .annotations
+            .client_body_buffer_size
+            .unwrap_or(ingress.settings.client_body_buffer_size),
     }
 }
 

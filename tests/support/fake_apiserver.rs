@@ -161,6 +161,8 @@ struct Inner {
     objects: BTreeMap<&'static str, BTreeMap<(String, String), Value>>,
     history: Vec<Change>,
     down: bool,
+    /// Resources every request on which gets 403 Forbidden (missing RBAC).
+    forbidden: Vec<&'static str>,
     requests: Vec<String>,
 }
 
@@ -635,6 +637,11 @@ impl FakeApi {
         }
     }
 
+    /// Answer 403 Forbidden to every request on `plural`, as without RBAC for it.
+    pub fn forbid(&self, plural: &'static str) {
+        self.shared.inner.lock().unwrap().forbidden.push(plural);
+    }
+
     /// Requests served so far, as `METHOD path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.shared.inner.lock().unwrap().requests.clone()
@@ -675,6 +682,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             "the server could not find the requested resource",
         );
     };
+    if shared
+        .inner
+        .lock()
+        .unwrap()
+        .forbidden
+        .contains(&target.res.plural)
+    {
+        return error(
+            403,
+            "Forbidden",
+            &format!("{} is forbidden: no RBAC", target.res.plural),
+        );
+    }
     let q = query(&req);
     let method = req.method().clone();
     let body = match req.into_body().collect().await {

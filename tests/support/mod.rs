@@ -627,3 +627,19 @@ pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---- Added for the traffic-policy tests (tests/limits.rs): annotations on a built Ingress. ----
+
+/// Add `nginx.ingress.kubernetes.io/<name>: <value>` annotations to an Ingress made by
+/// [`ingress`].
+pub fn with_annotations(ingress: String, annotations: &[(&str, &str)]) -> String {
+    let mut block = String::from("\n  annotations:\n");
+    for (name, value) in annotations {
+        block.push_str(&format!(
+            "    nginx.ingress.kubernetes.io/{name}: {}\n",
+            serde_json::to_string(value).unwrap()
+        ));
+    }
+    block.push_str("spec:\n");
+    ingress.replacen("\nspec:\n", &block, 1)
+}
