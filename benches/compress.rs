@@ -1,6 +1,7 @@
 //! Decides whether streaming gzip with flate2 (pure-Rust backend) is fast enough to turn on
 //! for the seed cluster's text, JSON, JavaScript and CSS (`gzip-level: 6`), compared with
-//! nginx's zlib gzip on the same body (see benches/README.md for the nginx side).
+//! nginx's zlib gzip on the same body (see benches/README.md for the nginx side). zstd at
+//! level 3 (Sluice's `zstd-level` default) runs on the same body for comparison.
 //!
 //! Run: `cargo bench --bench compress`. Also writes the 1 MB body to
 //! `target/compress-bench/body.json` so nginx can serve the very same bytes.
@@ -62,7 +63,7 @@ fn json_body() -> Vec<u8> {
     out.into_bytes()
 }
 
-fn bench_gzip(c: &mut Criterion) {
+fn bench_compress(c: &mut Criterion) {
     let body = Bytes::from(json_body());
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/compress-bench");
     let _ = std::fs::create_dir_all(&dir);
@@ -73,9 +74,31 @@ fn bench_gzip(c: &mut Criterion) {
         gzip_level: 6,
         ..Settings::default()
     };
+    let mut group = c.benchmark_group("compress");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.measurement_time(Duration::from_secs(10));
+    bench_encoding(&mut group, &body, &settings, "gzip", "gzip_level6_1mb_json");
+    let settings = Settings {
+        enable_zstd: true,
+        zstd_level: 3,
+        ..Settings::default()
+    };
+    bench_encoding(&mut group, &body, &settings, "zstd", "zstd_level3_1mb_json");
+    group.finish();
+}
+
+/// Compress `body` through [`compress_response`] as `token` (the Accept-Encoding the client
+/// sends and the Content-Encoding expected), streamed in upstream-sized frames.
+fn bench_encoding(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    body: &Bytes,
+    settings: &Settings,
+    token: &str,
+    name: &str,
+) {
     let mut headers = http::HeaderMap::new();
-    headers.insert("accept-encoding", "gzip".parse().unwrap());
-    let accepts = ClientAccepts::from_request(&settings, &Method::GET, Version::HTTP_11, &headers);
+    headers.insert("accept-encoding", token.parse().unwrap());
+    let accepts = ClientAccepts::from_request(settings, &Method::GET, Version::HTTP_11, &headers);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,28 +115,21 @@ fn bench_gzip(c: &mut Criterion) {
             .header("content-length", body.len())
             .body(upstream)
             .unwrap();
-        let response = compress_response(&settings, &accepts, response);
-        assert_eq!(response.headers()["content-encoding"], "gzip");
+        let response = compress_response(settings, &accepts, response);
+        assert_eq!(response.headers()["content-encoding"], token);
         runtime
             .block_on(response.into_body().collect())
             .unwrap()
             .to_bytes()
     };
-    let compressed = compress(&body);
+    let compressed = compress(body);
     eprintln!(
-        "1 MB JSON -> {} bytes gzip level 6 (ratio {:.2})",
+        "1 MB JSON -> {} bytes {name} (ratio {:.2})",
         compressed.len(),
         body.len() as f64 / compressed.len() as f64
     );
-
-    let mut group = c.benchmark_group("compress");
-    group.throughput(Throughput::Bytes(body.len() as u64));
-    group.measurement_time(Duration::from_secs(10));
-    group.bench_function("gzip_level6_1mb_json", |b| {
-        b.iter(|| black_box(compress(black_box(&body))))
-    });
-    group.finish();
+    group.bench_function(name, |b| b.iter(|| black_box(compress(black_box(body)))));
 }
 
-criterion_group!(benches, bench_gzip);
+criterion_group!(benches, bench_compress);
 criterion_main!(benches);

@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests use (curl for humans debugging a failure; nothing else yet).
+# System packages the tests use: curl for humans debugging a failure; prometheus for
+# `promtool check metrics` on the scraped /metrics (tests/metrics.rs skips it without).
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"
@@ -16,6 +18,12 @@ if ((${#need[@]})); then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+echo "== kubectl kustomize deploy/"
+if command -v kubectl >/dev/null 2>&1; then
+  kubectl kustomize deploy/ >/dev/null
+else
+  echo "kubectl not on PATH: skipping the kustomize check of deploy/ (tests/deploy.rs still parses every manifest)" >&2
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

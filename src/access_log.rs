@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -51,7 +52,8 @@ pub enum Format {
 #[derive(Debug)]
 pub struct AccessLog {
     tx: mpsc::Sender<AccessRecord>,
-    pub dropped: AtomicU64,
+    /// Lines dropped because the queue was full (`sluice_access_log_dropped_total`).
+    pub dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
@@ -88,7 +90,7 @@ impl AccessLog {
             .expect("spawning the access log thread");
         AccessLog {
             tx,
-            dropped: AtomicU64::new(0),
+            dropped: Arc::default(),
         }
     }
 
@@ -334,6 +336,46 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["http_user_agent"], "curl/8.0 \"x\"");
         assert_eq!(v["proxy_upstream_name"], "shop-web-80");
+    }
+
+    /// A writer that blocks until the test lets it go.
+    struct Stalled(std::sync::mpsc::Receiver<()>);
+
+    impl std::io::Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_writer_drops_and_counts_lines_without_blocking() {
+        let (release, stalled) = std::sync::mpsc::channel();
+        let log = AccessLog::start(Format::Json, Stalled(stalled));
+        let started = std::time::Instant::now();
+        // The writer takes records until its 64 KiB buffer fills (a few hundred lines).
+        let extra = 2_000;
+        for _ in 0..QUEUE + extra {
+            log.log(record());
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "log() waited");
+        let dropped = log.dropped.load(Ordering::Relaxed) as usize;
+        assert!(dropped > extra / 2 && dropped <= extra, "dropped {dropped}");
+        drop(release);
+    }
+
+    #[test]
+    fn json_escapes_control_characters_and_quotes() {
+        let mut r = record();
+        r.uri = "/a\"b\\c\n\u{1}".into();
+        let mut line = String::new();
+        render_json(&r, &mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["uri"], "/a\"b\\c\n\u{1}");
+        assert!(!line.contains('\n'), "one line: {line}");
     }
 
     #[test]

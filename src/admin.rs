@@ -25,6 +25,9 @@ pub struct Health {
     pub shutting_down: AtomicBool,
     /// The internal CA's certificate, served at `/internal-ca.crt` (with `--internal-ca`).
     pub internal_ca_pem: std::sync::OnceLock<Arc<str>>,
+    /// Secrets in the store after the last batch of changes (a debug and test hook: cluster
+    /// mode keeps only the referenced ones).
+    pub stored_secrets: std::sync::atomic::AtomicUsize,
 }
 
 impl Health {

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::access_log::{AccessLog, Format};
 use crate::admin::{self, Endpoints, Health};
 use crate::cli::Cli;
-use crate::metrics::{ControllerLabels, Metrics};
+use crate::metrics::{ControllerLabels, Metrics, MetricsOptions};
 use crate::proxy::{listener, ProxyState};
 use crate::publish::Publisher;
 use crate::snapshot::Snapshot;
@@ -201,10 +201,9 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
         .map(|l| l.local_addr().expect("bound socket has an address"))
         .unwrap_or(healthz_addr);
 
-    let metrics = Arc::new(Metrics::new(
+    let metrics = Arc::new(Metrics::with_options(
         &controller_labels(&cli),
-        cli.enable_metrics,
-        cli.metrics_per_host,
+        MetricsOptions::from(&cli),
     ));
     let health = Arc::new(Health::default());
     let live = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
@@ -235,19 +234,26 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
         health.clone(),
     )
     .with_tls(tls.clone());
+    // Cluster mode's internal CA starts below, once leadership is known.
+    let mut cluster_cert_requests = None;
     let publisher = if cli.internal_ca {
-        let ca_dir = cli.state_dir.join("internal-ca");
-        let ca = crate::internal_ca::InternalCa::load_or_create(&ca_dir)
-            .map_err(|e| StartError::InternalCa(e.to_string()))?;
-        let ca = Arc::new(ca);
-        let _ = health.internal_ca_pem.set(Arc::from(ca.ca_pem()));
         let (requests_tx, requests_rx) = watch::channel(Vec::new());
-        tasks.push(tokio::spawn(crate::internal_ca::run(
-            ca,
-            ca_dir,
-            requests_rx,
-            events_tx.clone(),
-        )));
+        match &source {
+            Source::Dir(_) => {
+                let ca_dir = cli.state_dir.join("internal-ca");
+                let ca = crate::internal_ca::InternalCa::load_or_create(&ca_dir)
+                    .map_err(|e| StartError::InternalCa(e.to_string()))?;
+                let ca = Arc::new(ca);
+                let _ = health.internal_ca_pem.set(Arc::from(ca.ca_pem()));
+                tasks.push(tokio::spawn(crate::internal_ca::run(
+                    ca,
+                    ca_dir,
+                    requests_rx,
+                    events_tx.clone(),
+                )));
+            }
+            Source::Kube(_) => cluster_cert_requests = Some(requests_rx),
+        }
         publisher.with_cert_requests(requests_tx)
     } else {
         publisher
@@ -284,10 +290,24 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
                 stop_leader,
                 leader: None,
             };
+            // Whether this pod leads; without an election every pod does (for the internal
+            // CA; Ingress status is not written then).
+            let (leader_tx, leader_rx) = watch::channel(cli.disable_leader_election);
+            if let Some(requests_rx) = cluster_cert_requests.take() {
+                tasks.push(tokio::spawn(crate::internal_ca::cluster::run(
+                    client.clone(),
+                    crate::internal_ca::cluster::ClusterCaConfig {
+                        namespace: namespace.clone(),
+                        secret_name: cli.internal_ca_secret.clone(),
+                    },
+                    health.clone(),
+                    requests_rx,
+                    leader_rx.clone(),
+                )));
+            }
             if cli.disable_leader_election {
                 tracing::info!("leader election disabled: Ingress status is not written");
             } else {
-                let (leader_tx, leader_rx) = watch::channel(false);
                 control.leader = Some(tokio::spawn(crate::leader::run(
                     client.clone(),
                     crate::leader::ElectionConfig::from_ttl(

@@ -128,10 +128,22 @@ pub struct Cli {
     pub default_ssl_certificate: Option<NamespacedName>,
 
     /// Issue certificates from Sluice's internal CA for `spec.tls` hosts whose Secret does not
-    /// exist (for a class on a private network). The CA lives under --state-dir; clients get
-    /// its certificate from GET /internal-ca.crt on the health port.
+    /// exist (for a class on a private network). The CA lives under --state-dir (standalone)
+    /// or in the Secret --internal-ca-secret of the pod's namespace (cluster mode, where
+    /// issued certificates are written as Secrets by the leader); clients get its certificate
+    /// from GET /internal-ca.crt on the health port.
     #[arg(long, env = "SLUICE_INTERNAL_CA", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub internal_ca: bool,
+
+    /// Cluster mode: name of the kubernetes.io/tls Secret, in the pod's namespace, holding the
+    /// internal CA's certificate and key (created on first start when absent).
+    #[arg(
+        long,
+        env = "SLUICE_INTERNAL_CA_SECRET",
+        value_name = "NAME",
+        default_value = "sluice-internal-ca"
+    )]
+    pub internal_ca_secret: String,
 
     /// Where standalone mode keeps state across restarts: the internal CA and the
     /// certificates it issued.
@@ -253,6 +265,49 @@ pub struct Cli {
     /// Add the `host` label to request metrics (ingress-nginx: --metrics-per-host).
     #[arg(long, env = "SLUICE_METRICS_PER_HOST", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub metrics_per_host: bool,
+
+    /// With --metrics-per-host, also count requests no Ingress served (the default backend),
+    /// labelled with an empty host, never the raw Host header (ingress-nginx:
+    /// --metrics-per-undefined-host).
+    #[arg(long, env = "SLUICE_METRICS_PER_UNDEFINED_HOST", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_per_undefined_host: bool,
+
+    /// Label request metrics with the status class (`2xx`) instead of the code
+    /// (ingress-nginx: --report-status-classes).
+    #[arg(long, env = "SLUICE_REPORT_STATUS_CLASSES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub report_status_classes: bool,
+
+    /// Buckets of the *_duration_seconds histograms, comma-separated seconds.
+    #[arg(
+        long,
+        env = "SLUICE_TIME_BUCKETS",
+        value_delimiter = ',',
+        default_value = "0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5,10"
+    )]
+    pub time_buckets: Vec<f64>,
+
+    /// Buckets of the request_size and response_size histograms, comma-separated bytes.
+    #[arg(
+        long,
+        env = "SLUICE_LENGTH_BUCKETS",
+        value_delimiter = ',',
+        default_value = "10,20,30,40,50,60,70,80,90,100"
+    )]
+    pub length_buckets: Vec<f64>,
+
+    /// Buckets of the bytes_sent histogram, comma-separated bytes.
+    #[arg(
+        long,
+        env = "SLUICE_SIZE_BUCKETS",
+        value_delimiter = ',',
+        default_value = "10,100,1000,10000,100000,1000000,10000000"
+    )]
+    pub size_buckets: Vec<f64>,
+
+    /// Request metrics not to export, comma-separated, with or without the
+    /// `nginx_ingress_controller_` prefix (e.g. `bytes_sent,request_size`).
+    #[arg(long, env = "SLUICE_EXCLUDE_SOCKET_METRICS", value_delimiter = ',')]
+    pub exclude_socket_metrics: Vec<String>,
 
     /// Worker threads of the runtime. Default: the ConfigMap's worker-processes, else one
     /// per CPU.

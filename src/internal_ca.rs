@@ -1,11 +1,15 @@
 //! Sluice's internal certificate authority, for a class whose hosts live on a private network
 //! (the seed cluster's `internal` class): a `spec.tls` host whose Secret does not exist gets a
-//! certificate signed by this CA, renewed before it expires. The CA key pair is kept under
-//! `--state-dir` (created on first start, reused after restarts and by every replica sharing
-//! the folder); clients fetch the CA certificate from `/internal-ca.crt` on the health port.
+//! certificate signed by this CA, renewed before it expires. Clients fetch the CA certificate
+//! from `/internal-ca.crt` on the health port.
 //!
-//! Issued certificates enter the store as generated Secrets through the same channel as every
+//! Standalone mode (this module's [`run`]): the CA key pair is kept under `--state-dir`
+//! (created on first start, reused after restarts and by every replica sharing the folder);
+//! issued certificates enter the store as generated Secrets through the same channel as every
 //! other object, so translation serves them like any Secret.
+//!
+//! Cluster mode ([`cluster`]): the CA key pair lives in a Secret and the leader writes issued
+//! certificates as Secrets through the API.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,6 +24,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::store::{Object, StoreEvent};
 
+pub mod cluster;
+
 /// Label on every Secret Sluice issues; Sluice never replaces a Secret without it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "sluice";
@@ -28,10 +34,10 @@ pub const ISSUER_ANNOTATION: &str = "sluice.dev/issuer";
 pub const ISSUER_INTERNAL_CA: &str = "internal-ca";
 
 /// Lifetime of an issued certificate; renewed when a third of it is left.
-const LEAF_LIFETIME: Duration = Duration::from_secs(90 * 86400);
+pub(crate) const LEAF_LIFETIME: Duration = Duration::from_secs(90 * 86400);
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86400);
 /// How often issued certificates are checked for renewal.
-const RENEW_CHECK: Duration = Duration::from_secs(3600);
+pub(crate) const RENEW_CHECK: Duration = Duration::from_secs(3600);
 
 /// A host set that should get a certificate from the internal CA.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -98,11 +104,26 @@ impl InternalCa {
         if cert_path.exists() && key_path.exists() {
             let ca_pem = std::fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
             let key_pem = std::fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
-            let key = KeyPair::from_pem(&key_pem)?;
-            let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)?;
+            let ca = InternalCa::from_pem(ca_pem, &key_pem)?;
             tracing::info!(dir = %dir.display(), "internal CA loaded");
-            return Ok(InternalCa { ca_pem, issuer });
+            return Ok(ca);
         }
+        let (ca, key_pem) = InternalCa::generate()?;
+        write_private(&key_path, &key_pem)?;
+        std::fs::write(&cert_path, &ca.ca_pem).map_err(io_err(&cert_path))?;
+        tracing::info!(dir = %dir.display(), "internal CA created");
+        Ok(ca)
+    }
+
+    /// The CA from its certificate and key (PEM).
+    pub fn from_pem(ca_pem: String, key_pem: &str) -> Result<InternalCa, CaError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)?;
+        Ok(InternalCa { ca_pem, issuer })
+    }
+
+    /// A new self-signed CA; returns it and its key (PEM), which the caller stores.
+    pub fn generate() -> Result<(InternalCa, String), CaError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params
             .distinguished_name
@@ -122,11 +143,9 @@ impl InternalCa {
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         let ca_pem = cert.pem();
-        write_private(&key_path, &key.serialize_pem())?;
-        std::fs::write(&cert_path, &ca_pem).map_err(io_err(&cert_path))?;
-        tracing::info!(dir = %dir.display(), "internal CA created");
+        let key_pem = key.serialize_pem();
         let issuer = Issuer::new(params, key);
-        Ok(InternalCa { ca_pem, issuer })
+        Ok((InternalCa { ca_pem, issuer }, key_pem))
     }
 
     /// The CA certificate clients should trust.

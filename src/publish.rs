@@ -109,6 +109,9 @@ impl Publisher {
                     break;
                 }
             }
+            self.health
+                .stored_secrets
+                .store(self.store.secrets.len(), Ordering::Relaxed);
             let store = self.store.clone();
             let options = self.options.clone();
             let started = Instant::now();
@@ -149,6 +152,12 @@ impl Publisher {
                     changed
                 });
             }
+            self.metrics.set_orphans(
+                translation
+                    .orphans
+                    .iter()
+                    .map(|(ns, name, kind)| (ns.as_str(), name.as_str(), *kind)),
+            );
             self.publish(
                 translation.snapshot,
                 translation.diagnostics,
@@ -195,7 +204,11 @@ impl Publisher {
         let hash = snapshot.config_hash;
         let hosts = snapshot.router.hosts().count() + snapshot.router.wildcard_hosts().count();
         let backends = snapshot.backends.len();
+        snapshot.metric_series = self.metrics.series_table(&snapshot);
         self.live.store(Arc::new(snapshot));
+        self.metrics
+            .publish_duration
+            .observe(started.elapsed().as_secs_f64());
         self.health.ready.store(true, Ordering::Release);
 
         let now = SystemTime::now()

@@ -153,6 +153,12 @@ pub struct Settings {
     pub brotli_level: u32,
     pub brotli_types: Vec<String>,
     pub brotli_min_length: u64,
+    /// Sluice's own keys (ingress-nginx has no zstd): `enable-zstd` (false), `zstd-level` (3;
+    /// 1 to 19), `zstd-types` (the default `gzip-types` list), `zstd-min-length` (256).
+    pub enable_zstd: bool,
+    pub zstd_level: u32,
+    pub zstd_types: Vec<String>,
+    pub zstd_min_length: u64,
     /// `upstream-keepalive-connections` (320): idle upstream connections kept per endpoint;
     /// 0 disables upstream keep-alive.
     pub upstream_keepalive_connections: usize,
@@ -283,6 +289,12 @@ impl Default for Settings {
                 crate::proxy::compress::DEFAULT_BROTLI_TYPES,
             ),
             brotli_min_length: 20,
+            enable_zstd: false,
+            zstd_level: 3,
+            zstd_types: crate::proxy::compress::parse_types(
+                crate::proxy::compress::DEFAULT_GZIP_TYPES,
+            ),
+            zstd_min_length: 256,
             upstream_keepalive_connections: 320,
             upstream_keepalive_timeout: Duration::from_secs(60),
             upstream_keepalive_requests: 10000,
@@ -405,6 +417,10 @@ impl Settings {
                 "brotli-level" => set(&mut s.brotli_level, parse_level(value, 0, 11), &mut bad),
                 "brotli-types" => s.brotli_types = crate::proxy::compress::parse_types(value),
                 "brotli-min-length" => set(&mut s.brotli_min_length, parse_num(value), &mut bad),
+                "enable-zstd" => set(&mut s.enable_zstd, parse_bool(value), &mut bad),
+                "zstd-level" => set(&mut s.zstd_level, parse_level(value, 1, 19), &mut bad),
+                "zstd-types" => s.zstd_types = crate::proxy::compress::parse_types(value),
+                "zstd-min-length" => set(&mut s.zstd_min_length, parse_num(value), &mut bad),
                 "upstream-keepalive-connections" => set(&mut s.upstream_keepalive_connections, parse_num(value), &mut bad),
                 "upstream-keepalive-timeout" => set(&mut s.upstream_keepalive_timeout, parse_duration(value), &mut bad),
                 "upstream-keepalive-requests" => set(&mut s.upstream_keepalive_requests, parse_num(value), &mut bad),

@@ -552,6 +552,12 @@ fn kustomization_and_folder_agree() {
         if name == "kustomization.yaml" || name.ends_with(".md") {
             continue;
         }
+        // Subfolders hold optional add-ons applied on their own, not by `kubectl apply -k`:
+        // deploy/grafana/ has a Grafana dashboard (JSON, not a Kubernetes object) and a
+        // PrometheusRule (needs the operator's CRDs). tests/metrics.rs checks both.
+        if entry.path().is_dir() {
+            continue;
+        }
         assert!(
             listed.contains(&name),
             "deploy/{name} is not listed in kustomization.yaml (kubectl apply -k would skip it)"
@@ -985,7 +991,8 @@ fn rbac_is_enough_and_no_more() {
             );
         }
     }
-    // Least privilege: no wildcards, no writes beyond status, Leases and Events.
+    // Least privilege: no wildcards, no writes beyond status, Leases, Events, and (for the
+    // internal controller's CA only, checked below) Secrets.
     for r in cluster_rules.iter().chain(&ns_rules) {
         let all = r
             .verbs
@@ -1002,12 +1009,113 @@ fn rbac_is_enough_and_no_more() {
         if writes {
             for resource in r.resources.iter().flatten() {
                 assert!(
-                    matches!(resource.as_str(), "ingresses/status" | "leases" | "events"),
+                    matches!(
+                        resource.as_str(),
+                        "ingresses/status" | "leases" | "events" | "secrets"
+                    ),
                     "write access to {resource}"
                 );
             }
         }
     }
+    internal_ca_may_write_secrets_and_nothing_else_may(&m);
+}
+
+/// Secret writes were added deliberately for `--internal-ca` in cluster mode: its leader
+/// creates issued certificates as Secrets in the Ingress's namespace (and replaces the ones it
+/// issued), and every replica creates the CA Secret when it is absent. So: the internal
+/// controller's ServiceAccount may create and update Secrets (no delete, no patch), and no
+/// other subject may write Secrets at all.
+fn internal_ca_may_write_secrets_and_nothing_else_may(m: &Manifests) {
+    let writes_secrets = |rules: &[PolicyRule]| {
+        rules.iter().any(|r| {
+            r.resources.iter().flatten().any(|x| x == "secrets")
+                && r.verbs.iter().any(|v| {
+                    matches!(
+                        v.as_str(),
+                        "create" | "update" | "patch" | "delete" | "deletecollection"
+                    )
+                })
+        })
+    };
+    let mut internal_rules: Vec<PolicyRule> = Vec::new();
+    for d in &m.docs {
+        let (role_kind, role_name, subjects) = match &d.object {
+            Object::ClusterRoleBinding(b) => (&b.role_ref.kind, &b.role_ref.name, &b.subjects),
+            Object::RoleBinding(b) => (&b.role_ref.kind, &b.role_ref.name, &b.subjects),
+            _ => continue,
+        };
+        let rules: Vec<PolicyRule> = m
+            .docs
+            .iter()
+            .filter_map(|r| match &r.object {
+                Object::ClusterRole(c)
+                    if role_kind == "ClusterRole"
+                        && c.metadata.name.as_deref() == Some(role_name.as_str()) =>
+                {
+                    c.rules.clone()
+                }
+                Object::Role(c)
+                    if role_kind == "Role"
+                        && c.metadata.name.as_deref() == Some(role_name.as_str()) =>
+                {
+                    c.rules.clone()
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if !writes_secrets(&rules) {
+            continue;
+        }
+        for s in subjects.iter().flatten() {
+            assert_eq!(
+                (s.kind.as_str(), s.name.as_str()),
+                ("ServiceAccount", "sluice-internal"),
+                "{}: only the internal controller (--internal-ca) may write Secrets",
+                d.key
+            );
+        }
+        for r in &rules {
+            if r.resources.iter().flatten().any(|x| x == "secrets") {
+                for verb in &r.verbs {
+                    assert!(
+                        matches!(
+                            verb.as_str(),
+                            "get" | "list" | "watch" | "create" | "update"
+                        ),
+                        "{}: Secret verb {verb} is not needed by the internal CA",
+                        d.key
+                    );
+                }
+            }
+        }
+        internal_rules.extend(rules);
+    }
+    for verb in ["create", "update"] {
+        assert!(
+            allows(&internal_rules, "", "secrets", verb),
+            "the internal controller lacks {verb} secrets (issued certificates, the CA Secret)"
+        );
+    }
+    let internal = m.deployment("sluice-internal");
+    assert_eq!(
+        pod_spec(internal).service_account_name.as_deref(),
+        Some("sluice-internal")
+    );
+    assert_eq!(
+        flag(sluice_container(internal), "internal-ca"),
+        Some("true"),
+        "the internal class uses the internal CA"
+    );
+    assert_eq!(
+        flag(
+            sluice_container(m.deployment("sluice-external")),
+            "internal-ca"
+        ),
+        None,
+        "the external class does not"
+    );
 }
 
 #[test]

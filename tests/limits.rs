@@ -832,3 +832,212 @@ async fn a_large_buffered_upload_is_spooled_to_disk_with_bounded_memory() {
     );
     assert!(peak < 64 << 20, "proxy peak RSS {} KiB", peak / 1024);
 }
+
+// ---- zstd (Sluice's own keys: ingress-nginx has no zstd) ----
+
+fn unzstd(data: &[u8]) -> Vec<u8> {
+    zstd::decode_all(data).unwrap()
+}
+
+#[tokio::test]
+async fn zstd_round_trip_matches_the_upstream_bytes() {
+    let (sluice, _) = start_compressing(&[("enable-zstd", "true")]).await;
+    let expected = payload(200_000);
+    let reply = fetch(
+        &sluice,
+        "GET",
+        &[
+            ("accept-encoding", "zstd"),
+            ("x-len", "200000"),
+            ("x-etag", "\"v1\""),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(encoding(&reply), Some("zstd"));
+    assert!(!reply.headers.contains_key("content-length"));
+    assert_eq!(reply.headers["vary"], "Accept-Encoding");
+    assert_eq!(reply.headers["etag"], "W/\"v1\"");
+    assert!(
+        reply.body.len() < expected.len() / 5,
+        "{}",
+        reply.body.len()
+    );
+    assert_eq!(unzstd(&reply.body), expected);
+    // zstd-level and zstd-min-length are honoured: level 19 still decodes to the same bytes,
+    // 1023 bytes is below a 1024 minimum and 1024 is not.
+    sluice.shutdown().await;
+    let (sluice, _) = start_compressing(&[
+        ("enable-zstd", "true"),
+        ("zstd-level", "19"),
+        ("zstd-min-length", "1024"),
+    ])
+    .await;
+    let reply = fetch(
+        &sluice,
+        "GET",
+        &[("accept-encoding", "zstd"), ("x-len", "200000")],
+    )
+    .await;
+    assert_eq!(encoding(&reply), Some("zstd"));
+    assert_eq!(unzstd(&reply.body), expected);
+    let reply = fetch(
+        &sluice,
+        "GET",
+        &[("accept-encoding", "zstd"), ("x-len", "1023")],
+    )
+    .await;
+    assert_eq!(
+        encoding(&reply),
+        None,
+        "1023 bytes is below zstd-min-length"
+    );
+    assert_eq!(reply.body, payload(1023));
+    let reply = fetch(
+        &sluice,
+        "GET",
+        &[("accept-encoding", "zstd"), ("x-len", "1024")],
+    )
+    .await;
+    assert_eq!(encoding(&reply), Some("zstd"));
+    assert_eq!(unzstd(&reply.body), payload(1024));
+    sluice.shutdown().await;
+}
+
+#[tokio::test]
+async fn zstd_follows_the_clients_q_values_and_is_off_by_default() {
+    let (sluice, _) = start_compressing(&[("enable-zstd", "true")]).await;
+    for (accept, chosen) in [
+        ("gzip;q=0.5, zstd", Some("zstd")),
+        ("zstd;q=0.5, gzip", Some("gzip")),
+        ("zstd;q=0", None),
+        ("zstd;q=0, gzip;q=0.1", Some("gzip")),
+        ("zstd;q=0, *", Some("br")),
+        ("*;q=0.5, zstd;q=0", Some("br")),
+        // Ties: br, then zstd, then gzip.
+        ("gzip, zstd", Some("zstd")),
+        ("gzip, zstd, br", Some("br")),
+        ("br;q=0.8, zstd;q=0.8, gzip;q=0.9", Some("gzip")),
+        ("br;q=0.7, zstd;q=0.8", Some("zstd")),
+    ] {
+        let reply = fetch(&sluice, "GET", &[("accept-encoding", accept)]).await;
+        assert_eq!(encoding(&reply), chosen, "Accept-Encoding: {accept}");
+        assert_eq!(reply.headers["vary"], "Accept-Encoding", "{accept}");
+        match chosen {
+            Some("zstd") => assert_eq!(unzstd(&reply.body), payload(10_000)),
+            Some("gzip") => assert_eq!(gunzip(&reply.body), payload(10_000)),
+            Some(_) => assert_eq!(unbrotli(&reply.body), payload(10_000)),
+            None => assert_eq!(reply.body, payload(10_000)),
+        }
+    }
+    // The same no-compress rules as gzip and br.
+    let ae = ("accept-encoding", "zstd");
+    let reply = fetch(&sluice, "GET", &[ae, ("x-encoding", "deflate")]).await;
+    assert_eq!(encoding(&reply), Some("deflate"));
+    assert_eq!(reply.body, payload(10_000));
+    let reply = fetch(&sluice, "HEAD", &[ae]).await;
+    assert_eq!(encoding(&reply), None, "HEAD");
+    for status in ["204", "304", "206"] {
+        let reply = fetch(&sluice, "GET", &[ae, ("x-status", status)]).await;
+        assert_eq!(encoding(&reply), None, "{status}");
+    }
+    let reply = fetch(&sluice, "GET", &[ae, ("x-len", "255")]).await;
+    assert_eq!(
+        encoding(&reply),
+        None,
+        "below the default zstd-min-length (256)"
+    );
+    let reply = fetch(&sluice, "GET", &[ae, ("x-type", "image/png")]).await;
+    assert_eq!(encoding(&reply), None, "image/png");
+    sluice.shutdown().await;
+
+    // Not enabled: never zstd, whatever the client prefers.
+    let (sluice, _) = start_compressing(&[]).await;
+    let reply = fetch(&sluice, "GET", &[("accept-encoding", "zstd")]).await;
+    assert_eq!(encoding(&reply), None);
+    let reply = fetch(&sluice, "GET", &[("accept-encoding", "zstd, gzip;q=0.5")]).await;
+    assert_eq!(encoding(&reply), Some("gzip"));
+    sluice.shutdown().await;
+
+    // zstd alone, with zstd-types replacing the default list.
+    let backend = compress_backend(Arc::new(tokio::sync::Notify::new())).await;
+    let sluice = start(
+        &[backend],
+        &[],
+        &[
+            ("enable-zstd", "true"),
+            ("zstd-types", "image/png, text/css"),
+        ],
+    )
+    .await;
+    let reply = fetch(
+        &sluice,
+        "GET",
+        &[("accept-encoding", "gzip, zstd"), ("x-type", "image/png")],
+    )
+    .await;
+    assert_eq!(encoding(&reply), Some("zstd"));
+    assert_eq!(unzstd(&reply.body), payload(10_000));
+    let reply = fetch(&sluice, "GET", &[("accept-encoding", "gzip, zstd")]).await;
+    assert_eq!(
+        encoding(&reply),
+        None,
+        "application/json is no longer listed"
+    );
+    sluice.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_one_by_one_through_zstd() {
+    let (sluice, events) =
+        start_compressing(&[("enable-zstd", "true"), ("zstd-types", "text/event-stream")]).await;
+    let stream = TcpStream::connect(sluice.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/sse")
+        .header("host", HOST)
+        .header("accept-encoding", "zstd")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.headers()["content-encoding"], "zstd");
+    let mut body = response.into_body();
+    let mut decoder = zstd::stream::write::Decoder::new(Vec::new()).unwrap();
+    for i in 0..3 {
+        if i > 0 {
+            events.notify_one();
+        }
+        let expected = format!("id: {i}\ndata: event number {i}\n\n");
+        // Read until event i decodes, with a timeout, before the backend sends event i + 1.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !String::from_utf8_lossy(decoder.get_ref()).ends_with(&expected) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = tokio::time::timeout(left, body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("event {i} did not arrive on its own"))
+                .expect("body continues")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                decoder.write_all(&data).unwrap();
+                decoder.flush().unwrap();
+            }
+        }
+    }
+    // The end of the stream ends the zstd frame.
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            decoder.write_all(&data).unwrap();
+        }
+    }
+    decoder.flush().unwrap();
+    let all = decoder.into_inner();
+    assert_eq!(
+        String::from_utf8(all).unwrap(),
+        (0..3)
+            .map(|i| format!("id: {i}\ndata: event number {i}\n\n"))
+            .collect::<String>()
+    );
+    sluice.shutdown().await;
+}

@@ -1,7 +1,8 @@
 //! Response compression as ingress-nginx configures nginx (`use-gzip`, `enable-brotli` and
-//! their `*-level`, `*-types`, `*-min-length`, `gzip-disable`): the encoding is negotiated
-//! from Accept-Encoding, and the body is compressed as it streams, flushed whenever the
-//! upstream pauses so server-sent events arrive one by one.
+//! their `*-level`, `*-types`, `*-min-length`, `gzip-disable`), plus zstd under Sluice's own
+//! `enable-zstd`, `zstd-level`, `zstd-types`, `zstd-min-length` (ingress-nginx has no zstd):
+//! the encoding is negotiated from Accept-Encoding, and the body is compressed as it streams,
+//! flushed whenever the upstream pauses so server-sent events arrive one by one.
 
 use std::io::Write;
 use std::pin::Pin;
@@ -75,6 +76,7 @@ pub fn parse_types(value: &str) -> Vec<String> {
 pub enum Encoding {
     Gzip,
     Brotli,
+    Zstd,
 }
 
 impl Encoding {
@@ -82,6 +84,7 @@ impl Encoding {
         match self {
             Encoding::Gzip => "gzip",
             Encoding::Brotli => "br",
+            Encoding::Zstd => "zstd",
         }
     }
 }
@@ -89,9 +92,10 @@ impl Encoding {
 /// What the client's request allows, captured before the request goes upstream.
 #[derive(Debug, Clone, Default)]
 pub struct ClientAccepts {
-    /// Quality values (0..=1000) the client gives gzip and br; 0 = not acceptable.
+    /// Quality values (0..=1000) the client gives gzip, br and zstd; 0 = not acceptable.
     gzip_q: u16,
     br_q: u16,
+    zstd_q: u16,
     /// HEAD request, or HTTP/1.0 (nginx's `gzip_http_version 1.1`): nothing is compressed.
     never: bool,
     /// The User-Agent matches `gzip-disable`.
@@ -106,7 +110,7 @@ impl ClientAccepts {
         version: Version,
         headers: &HeaderMap,
     ) -> ClientAccepts {
-        let (mut gzip_q, mut br_q, mut star_q) = (None, None, None);
+        let (mut gzip_q, mut br_q, mut zstd_q, mut star_q) = (None, None, None, None);
         for value in headers.get_all(header::ACCEPT_ENCODING) {
             let Ok(value) = value.to_str() else { continue };
             for item in value.split(',') {
@@ -121,6 +125,8 @@ impl ClientAccepts {
                     gzip_q = Some(q);
                 } else if coding.eq_ignore_ascii_case("br") {
                     br_q = Some(q);
+                } else if coding.eq_ignore_ascii_case("zstd") {
+                    zstd_q = Some(q);
                 } else if coding == "*" {
                     star_q = Some(q);
                 }
@@ -135,6 +141,7 @@ impl ClientAccepts {
         ClientAccepts {
             gzip_q: gzip_q.or(star_q).unwrap_or(0),
             br_q: br_q.or(star_q).unwrap_or(0),
+            zstd_q: zstd_q.or(star_q).unwrap_or(0),
             never: *method == Method::HEAD || version < Version::HTTP_11,
             gzip_disabled,
         }
@@ -165,7 +172,7 @@ pub fn compress_response(
     client: &ClientAccepts,
     mut response: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
-    if !(settings.use_gzip || settings.enable_brotli) || client.never {
+    if !(settings.use_gzip || settings.enable_brotli || settings.enable_zstd) || client.never {
         return response;
     }
     if !matches!(
@@ -195,20 +202,28 @@ pub fn compress_response(
     let br_fits = settings.enable_brotli
         && type_listed(&settings.brotli_types, &mime)
         && long_enough(settings.brotli_min_length);
-    if !(gzip_fits || br_fits) {
+    let zstd_fits = settings.enable_zstd
+        && type_listed(&settings.zstd_types, &mime)
+        && long_enough(settings.zstd_min_length);
+    if !(gzip_fits || br_fits || zstd_fits) {
         return response;
     }
     add_vary(response.headers_mut());
 
-    // The client's best among the enabled ones; br wins a tie.
+    // The client's best among the enabled ones; a tie goes to br, then zstd, then gzip.
+    let candidates = [
+        (Encoding::Brotli, br_fits, client.br_q),
+        (Encoding::Zstd, zstd_fits, client.zstd_q),
+        (
+            Encoding::Gzip,
+            gzip_fits && !client.gzip_disabled,
+            client.gzip_q,
+        ),
+    ];
     let mut choice: Option<(Encoding, u16)> = None;
-    if br_fits && client.br_q > 0 {
-        choice = Some((Encoding::Brotli, client.br_q));
-    }
-    if gzip_fits && !client.gzip_disabled && client.gzip_q > 0 {
-        match choice {
-            Some((_, q)) if q >= client.gzip_q => {}
-            _ => choice = Some((Encoding::Gzip, client.gzip_q)),
+    for (encoding, fits, q) in candidates {
+        if fits && q > 0 && choice.is_none_or(|(_, best)| q > best) {
+            choice = Some((encoding, q));
         }
     }
     let Some((encoding, _)) = choice else {
@@ -217,6 +232,14 @@ pub fn compress_response(
     let encoder = match encoding {
         Encoding::Gzip => Encoder::gzip(settings.gzip_level),
         Encoding::Brotli => Encoder::brotli(settings.brotli_level),
+        // A known length lets zstd size its window (and memory) to the body.
+        Encoding::Zstd => match Encoder::zstd(settings.zstd_level, length) {
+            Ok(encoder) => encoder,
+            Err(e) => {
+                tracing::warn!(error = %e, "zstd encoder unavailable; response sent uncompressed");
+                return response;
+            }
+        },
     };
     let (mut head, body) = response.into_parts();
     head.headers.remove(header::CONTENT_LENGTH);
@@ -264,6 +287,7 @@ fn weaken_etag(headers: &mut HeaderMap) {
 pub enum Encoder {
     Gzip(Box<GzEncoder<Vec<u8>>>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
 }
 
 impl Encoder {
@@ -287,10 +311,22 @@ impl Encoder {
         )))
     }
 
+    /// zstd at `level` (1..=19, clamped: up to 19 the window stays within the 8 MB that
+    /// RFC 9659 allows for `Content-Encoding: zstd`). With `pledged_len`, the exact body length,
+    /// the frame records it and zstd shrinks its window to fit a small body.
+    pub fn zstd(level: u32, pledged_len: Option<u64>) -> std::io::Result<Encoder> {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), level.clamp(1, 19) as i32)?;
+        if pledged_len.is_some() {
+            encoder.set_pledged_src_size(pledged_len)?;
+        }
+        Ok(Encoder::Zstd(Box::new(encoder)))
+    }
+
     pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
             Encoder::Gzip(e) => e.write_all(data),
             Encoder::Brotli(e) => e.write_all(data),
+            Encoder::Zstd(e) => e.write_all(data),
         }
     }
 
@@ -299,6 +335,7 @@ impl Encoder {
         match self {
             Encoder::Gzip(e) => e.flush(),
             Encoder::Brotli(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
         }
     }
 
@@ -306,6 +343,7 @@ impl Encoder {
         match self {
             Encoder::Gzip(e) => e.get_mut(),
             Encoder::Brotli(e) => e.get_mut(),
+            Encoder::Zstd(e) => e.get_mut(),
         }
     }
 
@@ -319,6 +357,7 @@ impl Encoder {
         match self {
             Encoder::Gzip(e) => e.finish().map(Bytes::from),
             Encoder::Brotli(e) => Ok(Bytes::from(e.into_inner())),
+            Encoder::Zstd(e) => e.finish().map(Bytes::from),
         }
     }
 }
@@ -495,6 +534,45 @@ mod tests {
             json_response(1000),
         );
         assert_eq!(encoding_of(&r), Some("gzip"));
+    }
+
+    #[test]
+    fn zstd_is_negotiated_by_q_value_and_between_br_and_gzip_on_ties() {
+        let s = Settings {
+            enable_zstd: true,
+            ..settings()
+        };
+        let pick = |s: &Settings, ae: &str| {
+            let r = compress_response(s, &accepts(s, ae), json_response(1000));
+            encoding_of(&r).map(str::to_string)
+        };
+        assert_eq!(pick(&s, "gzip, zstd, br").as_deref(), Some("br"));
+        assert_eq!(pick(&s, "gzip, zstd").as_deref(), Some("zstd"));
+        assert_eq!(pick(&s, "gzip;q=0.5, zstd").as_deref(), Some("zstd"));
+        assert_eq!(pick(&s, "zstd;q=0.5, gzip").as_deref(), Some("gzip"));
+        assert_eq!(pick(&s, "br;q=0.9, zstd").as_deref(), Some("zstd"));
+        assert_eq!(pick(&s, "zstd;q=0, *").as_deref(), Some("br"));
+        assert_eq!(pick(&s, "ZSTD").as_deref(), Some("zstd"));
+        // Off unless enabled.
+        assert_eq!(pick(&settings(), "zstd").as_deref(), None);
+    }
+
+    #[tokio::test]
+    async fn zstd_round_trip_with_and_without_a_known_length() {
+        let s = Settings {
+            enable_zstd: true,
+            ..settings()
+        };
+        let original = "{\"a\":1}".repeat(1000);
+        let r = compress_response(&s, &accepts(&s, "zstd"), json_response(6999));
+        assert_eq!(encoding_of(&r), Some("zstd"));
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(zstd::decode_all(&body[..]).unwrap(), original.as_bytes());
+        let mut r = json_response(6999);
+        r.headers_mut().remove(header::CONTENT_LENGTH);
+        let r = compress_response(&s, &accepts(&s, "zstd"), r);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(zstd::decode_all(&body[..]).unwrap(), original.as_bytes());
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Forwarded {
     pub upstream_status: u16,
     /// Time from the first attempt to the response header.
     pub header_time: Duration,
+    /// `$upstream_connect_time` of the answering attempt (zero on a reused connection).
+    pub connect_time: Duration,
     /// Bytes of upstream response body read so far (grows while streaming).
     pub upstream_bytes: Arc<AtomicU64>,
 }
@@ -316,6 +318,7 @@ pub async fn forward(
         };
         let peer = conn.peer;
         let reused = conn.reused;
+        let connect_time = conn.connect_time;
         if !tried.contains(&peer) {
             tried.push(peer);
         }
@@ -395,6 +398,7 @@ pub async fn forward(
                 upstream_addr: peer,
                 upstream_status: status.as_u16(),
                 header_time,
+                connect_time,
                 upstream_bytes,
             });
         }
@@ -413,6 +417,7 @@ pub async fn forward(
             upstream_addr: peer,
             upstream_status: status.as_u16(),
             header_time,
+            connect_time,
             upstream_bytes,
         });
     }

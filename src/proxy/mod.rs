@@ -53,6 +53,11 @@ impl ProxyState {
         let pool = upstream::Pool::new(upstream::PoolConfig::from(&*snapshot.load().settings));
         let limits = Arc::new(limit::LimitRegistry::default());
         limits.spawn_maintenance(&snapshot);
+        let stats = pool.clone();
+        metrics.attach_pool_stats(Box::new(move || stats.stats()));
+        if let Some(log) = &access_log {
+            metrics.attach_access_log(log.dropped.clone());
+        }
         ProxyState {
             snapshot,
             pool,

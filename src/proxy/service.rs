@@ -2,7 +2,6 @@
 //! or answer locally, then hand the response back with its metrics and access log attached
 //! to the end of its body.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use super::body::{OnResponseEnd, ProxyBody, ResponseBody};
@@ -24,8 +23,8 @@ use super::request_body::{
 };
 use super::ProxyState;
 use crate::access_log::AccessRecord;
-use crate::metrics::RequestLabels;
-use crate::snapshot::{HttpsRedirect, RouteLabels, RouteMatch, Target};
+use crate::metrics::{InFlight, RequestSample, UpstreamTimes};
+use crate::snapshot::{HttpsRedirect, RouteId, RouteLabels, RouteMatch, Snapshot, Target};
 
 static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 static X_FORWARDED_HOST: header::HeaderName = header::HeaderName::from_static("x-forwarded-host");
@@ -45,24 +44,43 @@ pub struct ConnInfo {
     pub activity: Arc<ConnActivity>,
 }
 
-fn method_label(method: &Method) -> Cow<'static, str> {
-    match *method {
-        Method::GET => Cow::Borrowed("GET"),
-        Method::POST => Cow::Borrowed("POST"),
-        Method::PUT => Cow::Borrowed("PUT"),
-        Method::DELETE => Cow::Borrowed("DELETE"),
-        Method::HEAD => Cow::Borrowed("HEAD"),
-        Method::OPTIONS => Cow::Borrowed("OPTIONS"),
-        Method::PATCH => Cow::Borrowed("PATCH"),
-        Method::CONNECT => Cow::Borrowed("CONNECT"),
-        Method::TRACE => Cow::Borrowed("TRACE"),
-        // Extension methods are bounded by hyper's token rules but not by us: fold them.
-        _ => Cow::Borrowed("OTHER"),
+/// `sluice_requests_refused_total{reason}`: the annotation or list that refused.
+fn refusal_reason(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::LocationDenied { .. } => "location-denied",
+        Refusal::Blocked { list } => list,
+        Refusal::ConnectionLimit { .. } => "limit-connections",
+        Refusal::RateLimit { which, .. } => which,
     }
 }
 
-fn status_label(status: StatusCode) -> Cow<'static, str> {
-    Cow::Owned(status.as_u16().to_string())
+/// Bytes of a response head as HTTP/1.1 writes it (status line, headers, blank line), for
+/// `$bytes_sent`.
+fn head_length<B>(response: &Response<B>) -> u64 {
+    let reason = response.status().canonical_reason().unwrap_or("").len();
+    let headers: usize = response
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    (13 + reason + 2 + headers + 2) as u64
+}
+
+/// `$request_length`: request line, headers and body (as declared).
+fn request_length<B>(req: &Request<B>) -> u64 {
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    let body_len: u64 = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let uri = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    (req.method().as_str().len() + uri + 12 + header_bytes) as u64 + body_len
 }
 
 fn version_str(version: Version) -> &'static str {
@@ -85,28 +103,55 @@ fn new_request_id() -> HeaderValue {
 struct Completion {
     state: Arc<ProxyState>,
     started: Instant,
-    labels: RequestLabels,
+    /// The snapshot the request was served from, whose route series it is counted in.
+    snapshot: Arc<Snapshot>,
+    route_id: RouteId,
+    status: u16,
+    method: u8,
+    request_length: u64,
+    head_length: u64,
+    /// When forwarding began, and the upstream's connect and header times.
+    upstream: Option<(Instant, Duration, Duration)>,
     log: Option<AccessRecord>,
-    upstream_header_time: Option<Duration>,
     upstream_bytes: Option<Arc<AtomicU64>>,
     /// Ends the request for the connection's timers when the response body ends.
     _in_flight: RequestGuard,
+    _in_flight_metric: InFlight,
     /// Keeps the request counted against `limit-connections` until the body ends.
     _conn_guard: Option<super::limit::ConnGuard>,
 }
 
 impl OnResponseEnd for Completion {
     fn finished(self: Box<Self>, bytes: u64, _complete: bool) {
-        let elapsed = self.started.elapsed();
-        self.state.metrics.observe_request(
-            &self.labels,
-            elapsed.as_secs_f64(),
-            self.upstream_header_time.map(|t| t.as_secs_f64()),
-        );
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.started);
+        let upstream = self
+            .upstream
+            .map(|(since, connect, header)| (now.duration_since(since), connect, header));
+        let sample = RequestSample {
+            status: self.status,
+            method: self.method,
+            request_seconds: elapsed.as_secs_f64(),
+            upstream: upstream.map(|(response, connect, header)| UpstreamTimes {
+                connect: connect.as_secs_f64(),
+                header: header.as_secs_f64(),
+                response: response.as_secs_f64(),
+            }),
+            request_length: self.request_length,
+            bytes_sent: self.head_length + bytes,
+        };
+        let metrics = &self.state.metrics;
+        let labels = &self.snapshot.route(self.route_id).labels;
+        match self.snapshot.metric_series.route(self.route_id) {
+            Some(series) => metrics.observe(series, labels, &sample),
+            // A snapshot the publisher did not prepare (never published).
+            None => metrics.observe(&metrics.route_series(labels), labels, &sample),
+        }
         if let (Some(log), Some(access_log)) = (self.log, &self.state.access_log) {
             let mut log = log;
             log.body_bytes_sent = bytes;
             log.request_time = elapsed;
+            log.upstream_response_time = upstream.map(|(response, _, _)| response);
             log.upstream_response_length = self.upstream_bytes.map(|b| b.load(Ordering::Relaxed));
             access_log.log(log);
         }
@@ -121,6 +166,7 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let in_flight = conn.activity.request_started();
+    let in_flight_metric = state.metrics.request_started();
     let snapshot = state.snapshot.load_full();
     let settings = snapshot.settings.clone();
     let served_on_conn = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
@@ -173,9 +219,13 @@ pub async fn handle(
 
     let method = req.method().clone();
     let version = req.version();
+    let request_length = request_length(&req);
     let log = state.access_log.as_ref().and_then(|_| {
         let path = req.uri().path();
-        if settings.disable_access_log || settings.skip_access_log_urls.iter().any(|u| u == path) {
+        if settings.disable_access_log
+            || route.policy.no_access_log
+            || settings.skip_access_log_urls.iter().any(|u| u == path)
+        {
             return None;
         }
         Some(access_record(
@@ -188,7 +238,7 @@ pub async fn handle(
         ))
     });
 
-    let mut upstream_header_time = None;
+    let mut upstream_times = None;
     let mut upstream_bytes = None;
     let mut upstream_addr = None;
     let mut upstream_status = None;
@@ -234,6 +284,7 @@ pub async fn handle(
         _ if early.is_some() => close_after(error_response(early.expect("checked by the guard"))),
         _ if refusal.is_some() => {
             let refusal = refusal.as_ref().expect("checked by the guard");
+            state.metrics.refused(refusal_reason(refusal));
             tracing::debug!(
                 client = %client,
                 request_id = request_id.to_str().unwrap_or(""),
@@ -267,6 +318,7 @@ pub async fn handle(
                     break 'backend close_after(error_response(e.status()));
                 }
             };
+            let forwarding = Instant::now();
             match forward(
                 &state,
                 &settings,
@@ -278,7 +330,8 @@ pub async fn handle(
             .await
             {
                 Ok(forwarded) => {
-                    upstream_header_time = Some(forwarded.header_time);
+                    upstream_times =
+                        Some((forwarding, forwarded.connect_time, forwarded.header_time));
                     upstream_bytes = Some(forwarded.upstream_bytes);
                     upstream_addr = Some(forwarded.upstream_addr);
                     upstream_status = Some(forwarded.upstream_status);
@@ -332,31 +385,30 @@ pub async fn handle(
     }
 
     let status = response.status();
-    let labels = RequestLabels {
-        status: status_label(status),
-        method: method_label(&method),
-        route: route.labels.clone(),
-        canary: Arc::from(""),
-        with_host: state.metrics.per_host,
-    };
     let log = log.map(|mut record| {
         record.status = status.as_u16();
         record.upstream_name = upstream_name;
         record.upstream_addr = upstream_addr;
         record.upstream_status = upstream_status;
-        record.upstream_response_time = upstream_header_time;
+        record.request_length = request_length;
         record.escape_json = settings.log_format_escape_json;
         record
     });
     let completion = Completion {
         state: state.clone(),
         started,
-        labels,
+        route_id,
+        status: status.as_u16(),
+        method: crate::metrics::method_code(&method),
+        request_length,
+        head_length: head_length(&response),
+        upstream: upstream_times,
+        snapshot,
         log,
-        upstream_header_time,
         upstream_bytes,
         _conn_guard: conn_guard,
         _in_flight: in_flight,
+        _in_flight_metric: in_flight_metric,
     };
     let (head, body) = response.into_parts();
     Ok(Response::from_parts(
@@ -440,20 +492,6 @@ fn access_record(
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    // $request_length: request line, headers and body (as declared).
-    let header_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    let body_len: u64 = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let request_length =
-        (req.method().as_str().len() + uri.len() + 12 + header_bytes) as u64 + body_len;
     AccessRecord {
         remote_addr: client,
         time: SystemTime::now(),
@@ -464,7 +502,7 @@ fn access_record(
         body_bytes_sent: 0,
         referer: header(header::REFERER),
         user_agent: header(header::USER_AGENT),
-        request_length,
+        request_length: 0,
         request_time: Duration::ZERO,
         upstream_name: String::new(),
         upstream_addr: None,

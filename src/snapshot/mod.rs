@@ -75,6 +75,8 @@ pub struct RoutePolicy {
     pub access: Option<Arc<access::AccessPolicy>>,
     /// Rate and connection limits of the Ingress; `None` when it sets none.
     pub limits: Option<Arc<access::LimitPolicy>>,
+    /// `enable-access-log: "false"`: no access log line for this location.
+    pub no_access_log: bool,
 }
 
 /// The protocol to the upstream: HTTP/1.1 or HTTP/2 (gRPC), over TCP or TLS.
@@ -138,6 +140,8 @@ pub struct Snapshot {
     pub config_hash: u64,
     /// Certificates by host.
     pub tls: tls::TlsTable,
+    /// Request metric series per route, resolved by the publisher (empty before).
+    pub metric_series: crate::metrics::SeriesTable,
 }
 
 impl Snapshot {
@@ -155,6 +159,7 @@ impl Snapshot {
             settings: Arc::new(Settings::default()),
             config_hash: 0,
             tls: tls::TlsTable::default(),
+            metric_series: Default::default(),
         }
     }
 

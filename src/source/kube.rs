@@ -18,10 +18,11 @@
 //! - Secrets: only the keys an Ingress can use are kept (`tls.crt`, `tls.key`, `ca.crt`,
 //!   `ca.crl` for TLS and client auth, `auth` for basic/digest auth); a Secret with none of
 //!   them (service-account tokens, image pull secrets, Helm release records, application
-//!   secrets) is not stored at all, and its annotations are dropped. This keeps memory in
-//!   proportion to the certificates and auth files in the cluster without the source having
-//!   to know which Ingress references what; a Secret that gains such a key later is picked
-//!   up by its watch event.
+//!   secrets) is not stored at all, and its annotations are dropped (except the issuer and
+//!   hosts annotations of a Secret labelled as issued by Sluice's internal CA). Of those,
+//!   only the Secrets an Ingress or `--default-ssl-certificate` references reach the store;
+//!   a reference to a Secret not held fetches it with a GET, a reference that goes drops it
+//!   ([`super::secret_refs::SecretGate`]).
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Debug;
@@ -114,6 +115,8 @@ pub struct Scope {
     pub namespace_selector: Option<String>,
     /// `--configmap`: the one ConfigMap watched (in its own namespace, whatever the scope).
     pub configmap: Option<NamespacedName>,
+    /// `--default-ssl-certificate`: a Secret kept whether an Ingress references it or not.
+    pub default_ssl_certificate: Option<NamespacedName>,
 }
 
 impl From<&Cli> for Scope {
@@ -125,6 +128,7 @@ impl From<&Cli> for Scope {
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
             configmap: cli.configmap.clone(),
+            default_ssl_certificate: cli.default_ssl_certificate.clone(),
         }
     }
 }
@@ -199,10 +203,17 @@ pub async fn run(client: Client, scope: Scope, events: mpsc::Sender<StoreEvent>)
         tx.clone(),
         |o| Some(Object::EndpointSlice(Arc::new(trim_endpoint_slice(o)))),
     ));
+    // Every Secret is watched (no label selector, no per-name field selector): an Ingress
+    // may name any Secret, whatever its labels (cert-manager's, a user's), and a watch per
+    // referenced name, or a relist on every new reference, would cost far more than
+    // dropping unreferenced events on arrival (see `secret_refs`). The one exclusion is
+    // Helm's release records: the bulk of Secret bytes in most clusters (a compressed copy
+    // of every revision), holding only a `release` key no Ingress can use. A Secret's type
+    // is immutable, so no Secret ever moves in or out of this selection.
     tasks.spawn(watch_kind::<Secret>(
         Kind::Secret,
         api_in(client.clone(), ns),
-        watcher::Config::default(),
+        watcher::Config::default().fields("type!=helm.sh/release.v1"),
         Some(ns_rx.clone()),
         tx.clone(),
         |o| trim_secret(o).map(|s| Object::Secret(Arc::new(s))),
@@ -220,10 +231,45 @@ pub async fn run(client: Client, scope: Scope, events: mpsc::Sender<StoreEvent>)
     }
     drop(tx);
 
+    // Only referenced Secrets reach the store; a new reference to one not held is fetched
+    // (only in a watched namespace: elsewhere no watch would keep it current).
+    let in_scope: super::secret_refs::InScope = {
+        let only = scope.namespace.clone();
+        let selected = ns_rx.clone();
+        Box::new(move |namespace: &str| {
+            only.as_deref().is_none_or(|o| o == namespace)
+                && selected
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|f| f.allows(namespace))
+        })
+    };
+    let fixed = scope
+        .default_ssl_certificate
+        .iter()
+        .map(|d| (d.namespace.clone(), d.name.clone()))
+        .collect();
+    let (mut gate, mut fetched) =
+        super::secret_refs::SecretGate::new(fixed, Some((client.clone(), in_scope)));
+
     // Hold everything back until each kind has been listed once.
     let mut synced: HashSet<Kind> = HashSet::new();
     let mut pending: Vec<StoreEvent> = Vec::new();
-    while let Some((kind, event)) = rx.recv().await {
+    loop {
+        let (kind, event) = tokio::select! {
+            next = rx.recv() => match next {
+                Some(next) => next,
+                None => break,
+            },
+            Some(answer) = fetched.recv() => {
+                if let Some(event) = gate.fetched(answer) {
+                    if events.send(event).await.is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
+        };
         if synced.len() < kinds.len() {
             if matches!(event, StoreEvent::ReplaceKind(..)) {
                 synced.insert(kind);
@@ -231,16 +277,20 @@ pub async fn run(client: Client, scope: Scope, events: mpsc::Sender<StoreEvent>)
             pending.push(event);
             if synced.len() == kinds.len() {
                 tracing::info!("initial list of every watched kind received from the API server");
-                for event in pending.drain(..) {
+                for event in gate.initial(std::mem::take(&mut pending)) {
                     if events.send(event).await.is_err() {
                         return;
                     }
                 }
+                tracing::debug!(secrets = gate.stored(), "referenced Secrets held");
             }
             continue;
         }
-        if events.send(event).await.is_err() {
-            break;
+        for event in gate.handle(event) {
+            if events.send(event).await.is_err() {
+                tasks.abort_all();
+                return;
+            }
         }
     }
     tasks.abort_all();
@@ -525,10 +575,27 @@ fn trim_config_map(mut o: ConfigMap) -> ConfigMap {
     o
 }
 
-/// The Secret with only [`SECRET_KEYS`], or `None` when it has none of them.
+/// The Secret with only [`SECRET_KEYS`], or `None` when it has none of them. Annotations are
+/// dropped, except on a Secret labelled as Sluice's (issued by its internal CA): there the
+/// issuer and hosts annotations stay, so the internal CA recognises and renews its own.
 pub fn trim_secret(mut o: Secret) -> Option<Secret> {
     trim_meta(&mut o.metadata);
-    o.metadata.annotations = None;
+    let sluice_managed = o
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::internal_ca::MANAGED_BY_LABEL))
+        .is_some_and(|v| v == crate::internal_ca::MANAGED_BY_VALUE);
+    match o.metadata.annotations.take() {
+        Some(mut annotations) if sluice_managed => {
+            annotations.retain(|k, _| {
+                k == crate::internal_ca::ISSUER_ANNOTATION
+                    || k == crate::internal_ca::cluster::HOSTS_ANNOTATION
+            });
+            o.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
+        }
+        _ => {}
+    }
     o.string_data = None;
     let mut data = o.data.take()?;
     data.retain(|k, _| SECRET_KEYS.contains(&k.as_str()));
@@ -566,6 +633,32 @@ mod tests {
         assert!(tls.metadata.annotations.is_none());
         assert!(trim_secret(secret(&["token", "ca"])).is_none());
         assert!(trim_secret(secret(&["auth"])).is_some());
+    }
+
+    #[test]
+    fn secrets_issued_by_the_internal_ca_stay_recognisable() {
+        let request = crate::internal_ca::CertRequest {
+            namespace: "ns".into(),
+            secret_name: "s".into(),
+            hosts: vec!["a.internal".into()],
+        };
+        let mut issued = crate::internal_ca::issued_secret(&request, "crt", "key");
+        issued
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(LAST_APPLIED.into(), "{}".into());
+        let trimmed = trim_secret(issued).expect("kept");
+        assert!(crate::internal_ca::is_internal_ca_secret(&trimmed));
+        let annotations = trimmed.metadata.annotations.unwrap();
+        assert_eq!(annotations.len(), 2, "{annotations:?}");
+        // The same annotations without Sluice's label are dropped.
+        let mut user = crate::internal_ca::issued_secret(&request, "crt", "key");
+        user.metadata.labels = None;
+        let trimmed = trim_secret(user).expect("kept");
+        assert!(trimmed.metadata.annotations.is_none());
+        assert!(!crate::internal_ca::is_internal_ca_secret(&trimmed));
     }
 
     #[test]

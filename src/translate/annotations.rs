@@ -19,6 +19,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "proxy-body-size",
     "client-body-buffer-size",
     "proxy-request-buffering",
+    "enable-access-log",
     // Traffic policy (translate/traffic.rs).
     "whitelist-source-range",
     "allowlist-source-range",
@@ -44,6 +45,8 @@ pub struct IngressAnnotations {
     pub client_body_buffer_size: Option<u64>,
     /// `proxy-request-buffering` (`on`/`off`).
     pub proxy_request_buffering: Option<bool>,
+    /// `enable-access-log`: `false` writes no access log line for this Ingress.
+    pub enable_access_log: Option<bool>,
 }
 
 /// An annotation parsed with `parse`; a bad value is reported and `None` returned.
@@ -133,6 +136,7 @@ pub fn parse(
             object,
             &mut diags,
         ),
+        enable_access_log: bool_annotation(annotations, "enable-access-log", object, &mut diags),
     };
     for key in annotations.keys() {
         if let Some(name) = key.strip_prefix(PREFIX) {

@@ -71,6 +71,9 @@ pub struct Translation {
     pub served_ingresses: Vec<String>,
     /// Certificates the internal CA should issue (with `--internal-ca`).
     pub cert_requests: Vec<crate::internal_ca::CertRequest>,
+    /// Served Ingresses with a backend that cannot answer, for the `orphan_ingress` metric:
+    /// (namespace, name, `no-service` or `no-endpoint`), sorted and deduplicated.
+    pub orphans: Vec<(String, String, &'static str)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,6 +121,7 @@ struct Builder<'a> {
     routes: Vec<Route>,
     diagnostics: Vec<Diagnostic>,
     hasher: std::collections::hash_map::DefaultHasher,
+    orphans: std::collections::BTreeSet<(String, String, &'static str)>,
 }
 
 impl Builder<'_> {
@@ -198,6 +202,16 @@ impl Builder<'_> {
         if let Some(problem) = problem {
             self.warn(object, Kind::Ingress, format!("{field}.service"), problem);
         }
+        // ingress-nginx's orphan_ingress: the Service is missing, or has no ready endpoint.
+        let orphan = match &self.backends.list[id as usize].kind {
+            crate::snapshot::BackendKind::Missing => Some("no-service"),
+            crate::snapshot::BackendKind::Endpoints(e) if e.is_empty() => Some("no-endpoint"),
+            _ => None,
+        };
+        if let Some(kind) = orphan {
+            self.orphans
+                .insert((object.namespace.clone(), object.name.clone(), kind));
+        }
         Some((Target::Backend(id), service.name.clone(), port.to_string()))
     }
 }
@@ -252,6 +266,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
         routes: Vec::new(),
         diagnostics: Vec::new(),
         hasher: Default::default(),
+        orphans: Default::default(),
     };
 
     // Global settings.
@@ -561,10 +576,12 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
             settings: Arc::new(settings),
             config_hash,
             tls: tls_table,
+            metric_series: Default::default(),
         },
         diagnostics: b.diagnostics,
         served_ingresses: served_names,
         cert_requests,
+        orphans: b.orphans.into_iter().collect(),
     }
 }
 

@@ -29,6 +29,7 @@ pub fn route_policy(ingress: &IngressPolicy<'_>, host: Option<&str>, path: &str)
         denied: ingress.traffic.denied.clone(),
         access: ingress.traffic.access.clone(),
         limits: ingress.traffic.limits.clone(),
+        no_access_log: ingress.annotations.enable_access_log == Some(false),
         max_body_size: Some(
             ingress
                 .annotations

@@ -162,3 +162,59 @@ fn options_header_is_parsed() {
     assert_eq!(o.default_backend_service.unwrap().to_string(), "a/b");
     assert!(!options_for("").watch_ingress_without_class);
 }
+
+/// `enable-access-log: "false"` turns the access log off for that Ingress's locations only;
+/// `orphan_ingress` names Ingresses whose Service is missing.
+#[test]
+fn enable_access_log_annotation_and_orphans() {
+    let manifest = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: nginx}
+spec: {controller: k8s.io/ingress-nginx}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: quiet
+  namespace: shop
+  annotations: {nginx.ingress.kubernetes.io/enable-access-log: "false"}
+spec:
+  ingressClassName: nginx
+  rules:
+  - host: quiet.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: loud, namespace: shop}
+spec:
+  ingressClassName: nginx
+  rules:
+  - host: loud.example
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+"#;
+    let decoded = decode_file("t.yaml", manifest.as_bytes(), false).unwrap();
+    let mut store = Store::default();
+    store.apply(StoreEvent::Replace(
+        decoded.objects.into_iter().map(|o| (o, None)).collect(),
+    ));
+    let t = translate(&store, &options_for(""));
+    let policy_of = |ingress: &str| {
+        t.snapshot
+            .routes
+            .iter()
+            .filter(|r| &*r.labels.ingress == ingress)
+            .map(|r| r.policy.no_access_log)
+            .collect::<Vec<_>>()
+    };
+    assert!(!policy_of("quiet").is_empty() && policy_of("quiet").iter().all(|off| *off));
+    assert!(!policy_of("loud").is_empty() && policy_of("loud").iter().all(|off| !*off));
+    assert_eq!(
+        t.orphans,
+        vec![
+            ("shop".to_string(), "loud".to_string(), "no-service"),
+            ("shop".to_string(), "quiet".to_string(), "no-service"),
+        ]
+    );
+}
