@@ -9,34 +9,41 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method};
 use tokio::sync::mpsc;
+
+use crate::snapshot::Backend;
 
 /// Queue length between the request path and the writer.
 const QUEUE: usize = 16 * 1024;
 
-/// What one request leaves in the log. Strings are empty when unknown (logged as `-`).
+/// What one request leaves in the log; empty or `None` values are logged as `-`. Built on
+/// the request path, so it holds shared handles (header values and the URI share the
+/// request's buffers, labels are the route's `Arc<str>`) rather than copied strings.
 #[derive(Debug, Clone)]
 pub struct AccessRecord {
     pub remote_addr: IpAddr,
     pub time: SystemTime,
-    pub method: String,
-    pub uri: String,
+    pub method: Method,
+    pub uri: PathAndQuery,
     pub version: &'static str,
     pub status: u16,
     pub body_bytes_sent: u64,
-    pub referer: String,
-    pub user_agent: String,
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
     pub request_length: u64,
     pub request_time: Duration,
-    pub upstream_name: String,
+    /// The upstream (`$proxy_upstream_name` is its name).
+    pub upstream: Option<Arc<Backend>>,
     pub upstream_addr: Option<SocketAddr>,
     pub upstream_response_length: Option<u64>,
     pub upstream_response_time: Option<Duration>,
     pub upstream_status: Option<u16>,
-    pub request_id: String,
-    pub namespace: String,
-    pub ingress: String,
-    pub service: String,
+    pub request_id: HeaderValue,
+    pub namespace: Arc<str>,
+    pub ingress: Arc<str>,
+    pub service: Arc<str>,
     /// `log-format-escape-json` at the time of the request.
     pub escape_json: bool,
 }
@@ -103,12 +110,12 @@ impl AccessLog {
 }
 
 /// nginx's escaping for log variables: `"`, `\` and bytes outside printable ASCII as `\xHH`.
-fn push_escaped(out: &mut String, value: &str) {
+fn push_escaped(out: &mut String, value: &[u8]) {
     if value.is_empty() {
         out.push('-');
         return;
     }
-    for b in value.bytes() {
+    for &b in value {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
             let _ = write!(out, "\\x{b:02X}");
         } else {
@@ -133,16 +140,24 @@ fn push_json_escaped(out: &mut String, value: &str) {
     }
 }
 
-fn push_var(out: &mut String, value: &str, escape_json: bool) {
+fn push_var(out: &mut String, value: &[u8], escape_json: bool) {
     if escape_json {
         if value.is_empty() {
             out.push('-');
         } else {
-            push_json_escaped(out, value);
+            push_json_escaped(out, &String::from_utf8_lossy(value));
         }
     } else {
         push_escaped(out, value);
     }
+}
+
+fn header_bytes(value: &Option<HeaderValue>) -> &[u8] {
+    value.as_ref().map_or(&[], |v| v.as_bytes())
+}
+
+fn upstream_name(r: &AccessRecord) -> &str {
+    r.upstream.as_deref().map_or("", |b| b.name.as_str())
 }
 
 fn secs(d: Duration) -> String {
@@ -188,15 +203,15 @@ pub fn render_upstream(r: &AccessRecord, escape_json: bool, out: &mut String) {
     let _ = write!(out, "{} - - [{}] \"", r.remote_addr, time_local(r.time));
     push_var(
         out,
-        &format!("{} {} {}", r.method, r.uri, r.version),
+        format!("{} {} {}", r.method, r.uri, r.version).as_bytes(),
         escape_json,
     );
     let _ = write!(out, "\" {} {} \"", r.status, r.body_bytes_sent);
-    push_var(out, &r.referer, escape_json);
+    push_var(out, header_bytes(&r.referer), escape_json);
     out.push_str("\" \"");
-    push_var(out, &r.user_agent, escape_json);
+    push_var(out, header_bytes(&r.user_agent), escape_json);
     let _ = write!(out, "\" {} {} [", r.request_length, secs(r.request_time));
-    push_var(out, &r.upstream_name, escape_json);
+    push_var(out, upstream_name(r).as_bytes(), escape_json);
     out.push_str("] [] ");
     match r.upstream_addr {
         Some(a) => {
@@ -224,7 +239,7 @@ pub fn render_upstream(r: &AccessRecord, escape_json: bool, out: &mut String) {
         None => out.push('-'),
     }
     out.push(' ');
-    push_var(out, &r.request_id, escape_json);
+    push_var(out, r.request_id.as_bytes(), escape_json);
 }
 
 /// The same fields as one JSON object per line.
@@ -242,9 +257,10 @@ pub fn render_json(r: &AccessRecord, out: &mut String) {
     out.push('{');
     field(out, "time", &time_local(r.time), true);
     field(out, "remote_addr", &r.remote_addr.to_string(), false);
-    field(out, "request_id", &r.request_id, false);
-    field(out, "method", &r.method, false);
-    field(out, "uri", &r.uri, false);
+    let lossy = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    field(out, "request_id", &lossy(r.request_id.as_bytes()), false);
+    field(out, "method", r.method.as_str(), false);
+    field(out, "uri", r.uri.as_str(), false);
     field(out, "protocol", r.version, false);
     let _ = write!(
         out,
@@ -254,12 +270,17 @@ pub fn render_json(r: &AccessRecord, out: &mut String) {
         r.request_length,
         secs(r.request_time)
     );
-    field(out, "http_referer", &r.referer, false);
-    field(out, "http_user_agent", &r.user_agent, false);
+    field(out, "http_referer", &lossy(header_bytes(&r.referer)), false);
+    field(
+        out,
+        "http_user_agent",
+        &lossy(header_bytes(&r.user_agent)),
+        false,
+    );
     field(out, "namespace", &r.namespace, false);
     field(out, "ingress_name", &r.ingress, false);
     field(out, "service_name", &r.service, false);
-    field(out, "proxy_upstream_name", &r.upstream_name, false);
+    field(out, "proxy_upstream_name", upstream_name(r), false);
     field(
         out,
         "upstream_addr",
@@ -289,21 +310,26 @@ mod tests {
         AccessRecord {
             remote_addr: "10.0.0.7".parse().unwrap(),
             time: UNIX_EPOCH + Duration::from_secs(1_795_639_989),
-            method: "GET".into(),
-            uri: "/a?b=1".into(),
+            method: Method::GET,
+            uri: PathAndQuery::from_static("/a?b=1"),
             version: "HTTP/1.1",
             status: 200,
             body_bytes_sent: 12,
-            referer: String::new(),
-            user_agent: "curl/8.0 \"x\"".into(),
+            referer: None,
+            user_agent: Some(HeaderValue::from_static("curl/8.0 \"x\"")),
             request_length: 80,
             request_time: Duration::from_millis(3),
-            upstream_name: "shop-web-80".into(),
+            upstream: Some(Arc::new(Backend::new(
+                "shop",
+                "web",
+                "80",
+                crate::snapshot::BackendKind::Missing,
+            ))),
             upstream_addr: Some("10.1.0.5:8080".parse().unwrap()),
             upstream_response_length: Some(12),
             upstream_response_time: Some(Duration::from_millis(2)),
             upstream_status: Some(200),
-            request_id: "abc".into(),
+            request_id: HeaderValue::from_static("abc"),
             namespace: "shop".into(),
             ingress: "web".into(),
             service: "web".into(),
@@ -368,14 +394,19 @@ mod tests {
     }
 
     #[test]
-    fn json_escapes_control_characters_and_quotes() {
+    fn escapes_quotes_tabs_and_bytes_outside_ascii() {
         let mut r = record();
-        r.uri = "/a\"b\\c\n\u{1}".into();
+        r.user_agent = Some(HeaderValue::from_bytes(b"a\"b\\c\td\xff").unwrap());
         let mut line = String::new();
         render_json(&r, &mut line);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["uri"], "/a\"b\\c\n\u{1}");
-        assert!(!line.contains('\n'), "one line: {line}");
+        assert_eq!(v["http_user_agent"], "a\"b\\c\td\u{fffd}");
+        line.clear();
+        render_upstream(&r, false, &mut line);
+        assert!(line.contains(r#""a\x22b\x5Cc\x09d\xFF""#), "{line}");
+        line.clear();
+        render_upstream(&r, true, &mut line);
+        assert!(line.contains("\"a\\\"b\\\\c\\td\u{fffd}\""), "{line}");
     }
 
     #[test]

@@ -1645,3 +1645,59 @@ async fn certificate_hot_swap_under_a_client_loop() {
     }
     sluice.shutdown().await;
 }
+
+/// A second connection from the same client resumes the session (shared server session
+/// cache), with TLS 1.3 and with TLS 1.2.
+#[tokio::test]
+async fn sessions_resume_with_tls12_and_tls13() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (sluice, _backend, _ca) = one_tls_host(&[]).await;
+    let addr = https_addr(&sluice);
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let recorder = Arc::new(Recorder {
+            presented: Mutex::new(None),
+            verify: None,
+            provider: provider.clone(),
+        });
+        // One client config, resumption on (rustls's default in-memory store).
+        let config = Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(recorder)
+                .with_no_client_auth(),
+        );
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(ServerName::try_from("secure.test").unwrap(), tcp)
+                .await
+                .unwrap();
+            kinds.push(tls.get_ref().1.handshake_kind());
+            // One request, so a TLS 1.3 ticket sent after the handshake is read.
+            tls.write_all(b"GET / HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut response = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut response)).await;
+            assert!(
+                response.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&response)
+            );
+        }
+        assert_eq!(
+            kinds,
+            vec![
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ],
+            "{version:?}"
+        );
+    }
+    sluice.shutdown().await;
+}

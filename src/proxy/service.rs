@@ -242,7 +242,7 @@ pub async fn handle(
     let mut upstream_bytes = None;
     let mut upstream_addr = None;
     let mut upstream_status = None;
-    let mut upstream_name = String::new();
+    let mut upstream = None;
     let redirect = route
         .policy
         .https_redirect
@@ -309,7 +309,7 @@ pub async fn handle(
         (RouteMatch::Route(_), Target::NotFound) => error_response(StatusCode::NOT_FOUND),
         (RouteMatch::Route(_), Target::Backend(id)) => 'backend: {
             let backend = snapshot.backend(*id).clone();
-            upstream_name = backend.name.clone();
+            upstream = Some(backend.clone());
             let (parts, body) = req.into_parts();
             let req = match buffer_body(body, &route.policy).await {
                 Ok(body) => Request::from_parts(parts, body),
@@ -387,7 +387,7 @@ pub async fn handle(
     let status = response.status();
     let log = log.map(|mut record| {
         record.status = status.as_u16();
-        record.upstream_name = upstream_name;
+        record.upstream = upstream;
         record.upstream_addr = upstream_addr;
         record.upstream_status = upstream_status;
         record.request_length = request_length;
@@ -480,22 +480,16 @@ fn access_record(
     labels: &RouteLabels,
     _started: Instant,
 ) -> AccessRecord {
-    let header = |name: header::HeaderName| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
+    let header = |name: header::HeaderName| req.headers().get(name).cloned();
     let uri = req
         .uri()
         .path_and_query()
-        .map(|pq| pq.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     AccessRecord {
         remote_addr: client,
         time: SystemTime::now(),
-        method: req.method().as_str().to_string(),
+        method: req.method().clone(),
         uri,
         version: version_str(version),
         status: 0,
@@ -504,15 +498,15 @@ fn access_record(
         user_agent: header(header::USER_AGENT),
         request_length: 0,
         request_time: Duration::ZERO,
-        upstream_name: String::new(),
+        upstream: None,
         upstream_addr: None,
         upstream_response_length: None,
         upstream_response_time: None,
         upstream_status: None,
-        request_id: request_id.to_str().unwrap_or("").to_string(),
-        namespace: labels.namespace.to_string(),
-        ingress: labels.ingress.to_string(),
-        service: labels.service.to_string(),
+        request_id: request_id.clone(),
+        namespace: labels.namespace.clone(),
+        ingress: labels.ingress.clone(),
+        service: labels.service.clone(),
         escape_json: false,
     }
 }
