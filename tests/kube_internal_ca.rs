@@ -124,48 +124,6 @@ fn b64(value: &Value) -> Vec<u8> {
     base64_decode(value.as_str().unwrap_or(""))
 }
 
-/// A minimal standard base64 decoder (the API server's encoding of Secret data).
-fn base64_decode(s: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => continue,
-        };
-        buf = (buf << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    out
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Create (POST) or replace (PUT) requests on `corp/secrets`.
 fn secret_writes(fake: &FakeApi) -> Vec<String> {
     fake.requests()
@@ -239,7 +197,7 @@ async fn a_ca_secret_sluice_did_not_make_is_not_overwritten() {
     // Something else owns the name and it holds no CA: reported, retried, never replaced.
     fake.apply(json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": CA_SECRET, "namespace": "network"},
-        "type": "Opaque", "data": {"note": base64_encode(b"not a CA")}}));
+        "type": "Opaque", "data": {"note": base64(b"not a CA")}}));
     let before = fake.get("Secret", "network", CA_SECRET).unwrap();
     let sluice = KubeSluice::start(cli(&fake, "sluice-a")).await;
     tokio::time::sleep(2 * SECOND).await;
@@ -324,7 +282,7 @@ async fn a_users_secret_with_that_name_is_never_overwritten() {
     // carries Sluice's label but not the issuer annotation.
     fake.apply(json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "wiki-tls", "namespace": "corp"},
-        "type": "Opaque", "data": {"note": base64_encode(b"mine")}}));
+        "type": "Opaque", "data": {"note": base64(b"mine")}}));
     fake.apply_yaml(
         "apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -345,7 +303,7 @@ spec:
         "metadata": {"name": "docs-tls", "namespace": "corp",
                      "labels": {"app.kubernetes.io/managed-by": "sluice"}},
         "type": "kubernetes.io/tls",
-        "data": {"tls.crt": base64_encode(b"garbage"), "tls.key": base64_encode(b"garbage")}}));
+        "data": {"tls.crt": base64(b"garbage"), "tls.key": base64(b"garbage")}}));
     let wiki = fake.get("Secret", "corp", "wiki-tls").unwrap();
     let docs = fake.get("Secret", "corp", "docs-tls").unwrap();
     let sluice = KubeSluice::start(cli(&fake, "sluice-a")).await;
@@ -439,10 +397,8 @@ async fn a_certificate_with_a_third_of_its_life_left_is_renewed() {
     let key = rcgen::KeyPair::generate().unwrap();
     let old_leaf = params.signed_by(&key, &issuer).unwrap();
     let mut secret = fake.get("Secret", "corp", "wiki-tls").unwrap();
-    secret["data"]["tls.crt"] = json!(base64_encode(
-        format!("{}{}", old_leaf.pem(), ca).as_bytes()
-    ));
-    secret["data"]["tls.key"] = json!(base64_encode(key.serialize_pem().as_bytes()));
+    secret["data"]["tls.crt"] = json!(base64(format!("{}{}", old_leaf.pem(), ca).as_bytes()));
+    secret["data"]["tls.key"] = json!(base64(key.serialize_pem().as_bytes()));
     secret["metadata"]
         .as_object_mut()
         .unwrap()

@@ -105,27 +105,6 @@ fn stored_secrets(sluice: &KubeSluice) -> usize {
         .load(Ordering::Relaxed)
 }
 
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// A self-signed certificate for `host`: (DER, Secret JSON named `name` in `shop`).
 fn tls_secret(name: &str, host: &str) -> (Vec<u8>, Value) {
     let certified = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();

@@ -38,31 +38,6 @@ fn test_pki(name: &str) -> (String, String, String) {
     (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
 }
 
-fn b64(data: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = data.as_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.len();
-        let v = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        out.push(T[(v >> 18) as usize & 63] as char);
-        out.push(T[(v >> 12) as usize & 63] as char);
-        out.push(if n > 1 {
-            T[(v >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if n > 2 {
-            T[v as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}
-
 /// What a TLS backend saw: the SNI of each handshake.
 #[derive(Clone, Default)]
 struct Sni(Arc<Mutex<Vec<Option<String>>>>);
@@ -244,7 +219,7 @@ fn ingress_with(annotations: &[(&str, &str)], host: &str) -> String {
 }
 
 fn ca_secret(ca_pem: &str) -> String {
-    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: upstream-ca, namespace: shop}}\ndata:\n  ca.crt: {}\n---\n", b64(ca_pem))
+    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: upstream-ca, namespace: shop}}\ndata:\n  ca.crt: {}\n---\n", base64(ca_pem.as_bytes()))
 }
 
 async fn get_status(sluice: &Sluice, host: &str) -> (u16, Reply) {

@@ -643,3 +643,17 @@ pub fn with_annotations(ingress: String, annotations: &[(&str, &str)]) -> String
     block.push_str("spec:\n");
     ingress.replacen("\nspec:\n", &block, 1)
 }
+
+/// Standard base64, as Secret `data` values are written.
+pub fn base64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// Decode standard base64 (empty on invalid input).
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap_or_default()
+}
