@@ -101,6 +101,11 @@ impl AccessLog {
         }
     }
 
+    /// Records queued and not yet taken by the writer.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Queue a record; never waits.
     pub fn log(&self, record: AccessRecord) {
         if self.tx.try_send(record).is_err() {

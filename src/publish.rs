@@ -109,9 +109,6 @@ impl Publisher {
                     break;
                 }
             }
-            self.health
-                .stored_secrets
-                .store(self.store.secrets.len(), Ordering::Relaxed);
             let store = self.store.clone();
             let options = self.options.clone();
             let started = Instant::now();
@@ -164,6 +161,10 @@ impl Publisher {
                 translation.served_ingresses.len(),
                 started,
             );
+            // Counted after the swap, so it describes the configuration being served.
+            self.health
+                .stored_secrets
+                .store(self.store.secrets.len(), Ordering::Relaxed);
         }
     }
 
