@@ -484,39 +484,76 @@ fn proc_status_kib(status: &str, key: &str) -> Option<f64> {
     Some(kib * 1024.0)
 }
 
+/// What /proc says about this process.
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: f64,
+    virtual_bytes: f64,
+    start_time_seconds: f64,
+    /// Bytes read and written through the storage and network layers (`/proc/self/io`
+    /// rchar/wchar; 0 when not readable).
+    read_bytes: f64,
+    write_bytes: f64,
+}
+
+fn read_process_stats() -> Option<ProcessStats> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name (which may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // rest[0] is field 3 (state): field n is rest[n - 3].
+    let field = |n: usize| -> f64 {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let io_field = |key: &str| -> f64 {
+        io.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Some(ProcessStats {
+        cpu_seconds: (field(14) + field(15)) / USER_HZ,
+        resident_bytes: proc_status_kib(&status, "VmRSS:").unwrap_or(0.0),
+        virtual_bytes: field(23),
+        start_time_seconds: boot + field(22) / USER_HZ,
+        read_bytes: io_field("rchar:"),
+        write_bytes: io_field("wchar:"),
+    })
+}
+
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        let Some(stats) = read_process_stats() else {
             return Ok(());
         };
-        // Fields after the parenthesised command name (which may hold spaces).
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        // rest[0] is field 3 (state): field n is rest[n - 3].
-        let field = |n: usize| -> f64 {
-            fields
-                .get(n - 3)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-        };
-        let cpu = (field(14) + field(15)) / USER_HZ;
-        ConstCounter::new(cpu).encode(encoder.encode_descriptor(
+        ConstCounter::new(stats.cpu_seconds).encode(encoder.encode_descriptor(
             "process_cpu_seconds",
             "Total user and system CPU time spent in seconds",
             None,
             MetricType::Counter,
         )?)?;
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let rss = proc_status_kib(&status, "VmRSS:").unwrap_or(0.0);
-        ConstGauge::new(rss).encode(encoder.encode_descriptor(
+        ConstGauge::new(stats.resident_bytes).encode(encoder.encode_descriptor(
             "process_resident_memory_bytes",
             "Resident memory size in bytes",
             None,
             MetricType::Gauge,
         )?)?;
-        ConstGauge::new(field(23)).encode(encoder.encode_descriptor(
+        ConstGauge::new(stats.virtual_bytes).encode(encoder.encode_descriptor(
             "process_virtual_memory_bytes",
             "Virtual memory size in bytes",
             None,
@@ -548,19 +585,69 @@ impl Collector for ProcessCollector {
             None,
             MetricType::Gauge,
         )?)?;
-        let boot = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("btime "))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-            .unwrap_or(0.0);
-        ConstGauge::new(boot + field(22) / USER_HZ).encode(encoder.encode_descriptor(
+        ConstGauge::new(stats.start_time_seconds).encode(encoder.encode_descriptor(
             "process_start_time_seconds",
             "Start time of the process since unix epoch in seconds",
             None,
             MetricType::Gauge,
+        )?)?;
+        Ok(())
+    }
+}
+
+/// ingress-nginx's `nginx_process_*` metrics, which it reads from the nginx worker processes
+/// and which dashboards (the community ingress-nginx dashboard's CPU and memory panels)
+/// query. Sluice is one process: these are its own /proc figures, registered under the
+/// `nginx_ingress_controller` prefix with the controller labels.
+#[derive(Debug)]
+struct NginxProcessCollector;
+
+impl Collector for NginxProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stats) = read_process_stats() else {
+            return Ok(());
+        };
+        ConstCounter::new(stats.cpu_seconds).encode(encoder.encode_descriptor(
+            "nginx_process_cpu_seconds",
+            "Cpu usage in seconds",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(stats.resident_bytes).encode(encoder.encode_descriptor(
+            "nginx_process_resident_memory_bytes",
+            "number of bytes of memory in use",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(stats.virtual_bytes).encode(encoder.encode_descriptor(
+            "nginx_process_virtual_memory_bytes",
+            "number of bytes of memory in use",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(1.0).encode(encoder.encode_descriptor(
+            "nginx_process_num_procs",
+            "number of processes",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(stats.start_time_seconds).encode(encoder.encode_descriptor(
+            "nginx_process_oldest_start_time_seconds",
+            "start time in seconds since 1970/01/01",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(stats.read_bytes).encode(encoder.encode_descriptor(
+            "nginx_process_read_bytes",
+            "number of bytes read",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(stats.write_bytes).encode(encoder.encode_descriptor(
+            "nginx_process_write_bytes",
+            "number of bytes written",
+            None,
+            MetricType::Counter,
         )?)?;
         Ok(())
     }
@@ -807,6 +894,7 @@ impl Metrics {
                 "total number of client requests",
                 metrics.requests_total.clone(),
             );
+            nic.register_collector(Box::new(NginxProcessCollector));
             nic.register(
                 "ssl_expire_time_seconds",
                 "Number of seconds since 1970 to the SSL Certificate expire. An example to check if this certificate will expire in 10 days is: \"nginx_ingress_controller_ssl_expire_time_seconds < (time() + (10 * 24 * 3600))\"",
@@ -1202,5 +1290,25 @@ mod tests {
             );
         }
         assert!(!text.contains("nginx_ingress_controller_"));
+    }
+
+    #[test]
+    fn nginx_process_metrics_use_ingress_nginx_names() {
+        // The community ingress-nginx dashboard's CPU and memory panels query these.
+        let text = Metrics::new(&controller(), true, true).render().unwrap();
+        for name in [
+            "nginx_ingress_controller_nginx_process_cpu_seconds_total{",
+            "nginx_ingress_controller_nginx_process_resident_memory_bytes{",
+            "nginx_ingress_controller_nginx_process_virtual_memory_bytes{",
+            "nginx_ingress_controller_nginx_process_num_procs{",
+            "nginx_ingress_controller_nginx_process_oldest_start_time_seconds{",
+            "nginx_ingress_controller_nginx_process_read_bytes_total{",
+            "nginx_ingress_controller_nginx_process_write_bytes_total{",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} in\n{text}"
+            );
+        }
     }
 }
