@@ -3,10 +3,6 @@
 
 mod support;
 
-use std::sync::Arc;
-
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use support::*;
 
 fn manifests(backend: std::net::SocketAddr) -> String {
@@ -26,39 +22,6 @@ spec:
       paths:
       - {path: /, pathType: Prefix, backend: {service: {name: wiki, port: {number: 80}}}}
 "
-}
-
-/// Handshake with only the internal CA trusted; returns the served leaf certificate.
-async fn fetch_verified(
-    https: std::net::SocketAddr,
-    ca_pem: &str,
-    host: &str,
-) -> Result<CertificateDer<'static>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(cert.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(https)
-        .await
-        .map_err(|e| e.to_string())?;
-    let tls = connector
-        .connect(ServerName::try_from(host.to_string()).unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (_, session) = tls.get_ref();
-    Ok(session.peer_certificates().ok_or("no certificate")?[0]
-        .clone()
-        .into_owned())
 }
 
 async fn ca_pem(sluice: &Sluice) -> String {
@@ -92,7 +55,7 @@ async fn missing_secret_gets_a_certificate_from_the_internal_ca_and_restarts_reu
     // Issued asynchronously after the first snapshot: poll until the chain verifies.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let leaf = loop {
-        match fetch_verified(https, &ca, "wiki.internal.test").await {
+        match verified_leaf(https, &ca, "wiki.internal.test").await {
             Ok(leaf) => break leaf,
             Err(e) => {
                 assert!(
@@ -104,7 +67,7 @@ async fn missing_secret_gets_a_certificate_from_the_internal_ca_and_restarts_reu
         }
     };
     // An unknown name still gets the fake certificate, which the internal CA does not sign.
-    assert!(fetch_verified(https, &ca, "other.internal.test")
+    assert!(verified_leaf(https, &ca, "other.internal.test")
         .await
         .is_err());
     sluice.shutdown().await;
@@ -119,7 +82,7 @@ async fn missing_secret_gets_a_certificate_from_the_internal_ca_and_restarts_reu
     let https = again.running.as_ref().unwrap().https_addr;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let leaf_again = loop {
-        match fetch_verified(https, &ca, "wiki.internal.test").await {
+        match verified_leaf(https, &ca, "wiki.internal.test").await {
             Ok(leaf) => break leaf,
             Err(e) => {
                 assert!(std::time::Instant::now() < deadline, "{e}");
@@ -157,7 +120,7 @@ async fn a_secret_sluice_did_not_create_is_never_replaced() {
     );
     let https = sluice.running.as_ref().unwrap().https_addr;
     let ca = ca_pem(&sluice).await;
-    assert!(fetch_verified(https, &ca, "wiki.internal.test")
+    assert!(verified_leaf(https, &ca, "wiki.internal.test")
         .await
         .is_err());
     sluice.shutdown().await;

@@ -6,11 +6,10 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 use support::fake_apiserver::FakeApi;
 use support::*;
@@ -70,44 +69,11 @@ async fn ca_pem(sluice: &KubeSluice) -> String {
     }
 }
 
-/// Handshake trusting only the internal CA; returns the served leaf certificate.
-async fn fetch_verified(
-    https: SocketAddr,
-    ca_pem: &str,
-    host: &str,
-) -> Result<CertificateDer<'static>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(cert.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(https)
-        .await
-        .map_err(|e| e.to_string())?;
-    let tls = connector
-        .connect(ServerName::try_from(host.to_string()).unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (_, session) = tls.get_ref();
-    Ok(session.peer_certificates().ok_or("no certificate")?[0]
-        .clone()
-        .into_owned())
-}
-
 /// Poll until `host` serves a chain that verifies with `ca`.
 async fn wait_verified(https: SocketAddr, ca: &str, host: &str, limit: Duration) -> Vec<u8> {
     let deadline = Instant::now() + limit;
     loop {
-        match fetch_verified(https, ca, host).await {
+        match verified_leaf(https, ca, host).await {
             Ok(leaf) => return leaf.to_vec(),
             Err(e) => {
                 assert!(
@@ -318,7 +284,7 @@ spec:
     assert_eq!(fake.get("Secret", "corp", "docs-tls").unwrap(), docs);
     assert_eq!(secret_writes(&fake), Vec::<String>::new());
     assert!(
-        fetch_verified(sluice.running().https_addr, &ca, "wiki.internal.test")
+        verified_leaf(sluice.running().https_addr, &ca, "wiki.internal.test")
             .await
             .is_err(),
         "the user's Secret was replaced by an issued certificate"

@@ -657,3 +657,40 @@ pub fn base64_decode(text: &str) -> Vec<u8> {
         .decode(text)
         .unwrap_or_default()
 }
+
+/// A TLS handshake with `https` for SNI `host` trusting only `ca_pem`; the served leaf
+/// certificate, or why the handshake or the verification failed.
+pub async fn verified_leaf(
+    https: SocketAddr,
+    ca_pem: &str,
+    host: &str,
+) -> Result<rustls::pki_types::CertificateDer<'static>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(https)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, session) = tls.get_ref();
+    Ok(session.peer_certificates().ok_or("no certificate")?[0]
+        .clone()
+        .into_owned())
+}
