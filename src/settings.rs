@@ -226,6 +226,11 @@ pub struct Settings {
     pub block_user_agents: Vec<String>,
     /// `block-referers` (none): as block-user-agents, for Referer.
     pub block_referers: Vec<String>,
+    /// The Strict-Transport-Security value of the hsts* keys, rendered once per configuration
+    /// because every HTTPS response carries it; `None` when `hsts` is off. Kept in step by
+    /// `from_configmap` and `default`; code that changes the hsts* fields directly calls
+    /// [`Settings::with_hsts_header`].
+    pub hsts_header: Option<http::HeaderValue>,
 }
 
 /// ingress-nginx's default `ssl-ciphers`.
@@ -242,6 +247,20 @@ impl Settings {
             v.push_str("; preload");
         }
         v
+    }
+
+    /// The header value HTTPS responses carry (`None` with `hsts` off).
+    pub fn hsts_header(&self) -> Option<&http::HeaderValue> {
+        self.hsts_header.as_ref()
+    }
+
+    /// Render `hsts_header` from the hsts* fields.
+    pub fn with_hsts_header(mut self) -> Settings {
+        self.hsts_header = self
+            .hsts
+            .then(|| http::HeaderValue::from_str(&self.hsts_value()).ok())
+            .flatten();
+        self
     }
 }
 
@@ -325,7 +344,9 @@ impl Default for Settings {
             block_cidrs: Vec::new(),
             block_user_agents: Vec::new(),
             block_referers: Vec::new(),
+            hsts_header: None,
         }
+        .with_hsts_header()
     }
 }
 
@@ -586,7 +607,7 @@ impl Settings {
                 )),
             }
         }
-        (s, diags)
+        (s.with_hsts_header(), diags)
     }
 }
 
@@ -832,6 +853,23 @@ mod tests {
         ]);
         assert_eq!(d.len(), 3, "{d:?}");
         assert_eq!(s.gzip_level, 1);
+    }
+
+    #[test]
+    fn hsts_header_is_rendered_once_from_the_keys() {
+        let (s, _) = settings(&[]);
+        assert_eq!(
+            s.hsts_header().unwrap(),
+            "max-age=31536000; includeSubDomains"
+        );
+        let (s, _) = settings(&[
+            ("hsts-max-age", "60"),
+            ("hsts-include-subdomains", "false"),
+            ("hsts-preload", "true"),
+        ]);
+        assert_eq!(s.hsts_header().unwrap(), "max-age=60; preload");
+        let (s, _) = settings(&[("hsts", "false")]);
+        assert!(s.hsts_header().is_none());
     }
 
     #[test]

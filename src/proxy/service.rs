@@ -370,12 +370,12 @@ pub async fn handle(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if settings.hsts && ctx.scheme.as_bytes() == b"https" {
-        if let Ok(value) = HeaderValue::from_str(&settings.hsts_value()) {
+    if ctx.scheme.as_bytes() == b"https" {
+        if let Some(value) = settings.hsts_header() {
             // Replaces the upstream's own, as ingress-nginx does.
             response
                 .headers_mut()
-                .insert(header::STRICT_TRANSPORT_SECURITY, value);
+                .insert(header::STRICT_TRANSPORT_SECURITY, value.clone());
         }
     }
     if settings.server_tokens && !response.headers().contains_key(header::SERVER) {
