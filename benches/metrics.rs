@@ -60,6 +60,7 @@ fn record(req: &Request<()>, labels: &RouteLabels, backend: &Arc<Backend>) -> Ac
         request_length: 412,
         request_time: Duration::from_micros(12_300),
         upstream: Some(backend.clone()),
+        alternative_upstream: None,
         upstream_addr: Some("10.1.0.5:8080".parse().unwrap()),
         upstream_response_length: Some(2_100),
         upstream_response_time: Some(Duration::from_micros(12_000)),

@@ -5,10 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests use: curl for humans debugging a failure; prometheus for
-# `promtool check metrics` on the scraped /metrics (tests/metrics.rs skips it without).
+# `promtool check metrics` on the scraped /metrics (tests/metrics.rs skips it without);
+# pebble and dnsmasq-base for the ACME tests.
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# pebble (RFC 8555 test CA) and dnsmasq (its resolver: every name to 127.0.0.1) for the ACME
+# tests, tests/acme*.rs, which fail without them.
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
+[ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"

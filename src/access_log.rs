@@ -36,6 +36,8 @@ pub struct AccessRecord {
     pub request_time: Duration,
     /// The upstream (`$proxy_upstream_name` is its name).
     pub upstream: Option<Arc<Backend>>,
+    /// `$proxy_alternative_upstream_name`: the canary upstream that served the request.
+    pub alternative_upstream: Option<Arc<str>>,
     pub upstream_addr: Option<SocketAddr>,
     pub upstream_response_length: Option<u64>,
     pub upstream_response_time: Option<Duration>,
@@ -217,7 +219,10 @@ pub fn render_upstream(r: &AccessRecord, escape_json: bool, out: &mut String) {
     push_var(out, header_bytes(&r.user_agent), escape_json);
     let _ = write!(out, "\" {} {} [", r.request_length, secs(r.request_time));
     push_var(out, upstream_name(r).as_bytes(), escape_json);
-    out.push_str("] [] ");
+    // Empty, not `-`, when no canary served: nginx prints an empty variable as nothing.
+    out.push_str("] [");
+    out.push_str(r.alternative_upstream.as_deref().unwrap_or(""));
+    out.push_str("] ");
     match r.upstream_addr {
         Some(a) => {
             let _ = write!(out, "{a}");
@@ -288,6 +293,12 @@ pub fn render_json(r: &AccessRecord, out: &mut String) {
     field(out, "proxy_upstream_name", upstream_name(r), false);
     field(
         out,
+        "proxy_alternative_upstream_name",
+        r.alternative_upstream.as_deref().unwrap_or(""),
+        false,
+    );
+    field(
+        out,
         "upstream_addr",
         &r.upstream_addr.map(|a| a.to_string()).unwrap_or_default(),
         false,
@@ -330,6 +341,7 @@ mod tests {
                 "80",
                 crate::snapshot::BackendKind::Missing,
             ))),
+            alternative_upstream: None,
             upstream_addr: Some("10.1.0.5:8080".parse().unwrap()),
             upstream_response_length: Some(12),
             upstream_response_time: Some(Duration::from_millis(2)),

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::access_log::{AccessLog, Format};
+use crate::acme::challenges::{ChallengePublisher, LocalPublisher};
 use crate::admin::{self, Endpoints, Health};
 use crate::cli::Cli;
 use crate::metrics::{ControllerLabels, Metrics, MetricsOptions};
@@ -32,6 +33,8 @@ pub enum StartError {
     },
     #[error("--internal-ca: {0}")]
     InternalCa(String),
+    #[error("ACME: {0}")]
+    Acme(String),
     #[error("cannot generate the fake TLS certificate: {0}")]
     FakeCertificate(String),
     #[error("--manifests {0}: not a readable folder")]
@@ -117,6 +120,8 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     pub state: Arc<ProxyState>,
     pub health: Arc<Health>,
+    /// Publishes ACME challenges so that any replica answers them.
+    pub acme_publisher: Arc<dyn ChallengePublisher>,
     stop_accepting: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -217,8 +222,12 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
     });
     let fake = crate::proxy::tls::fake_certificate()
         .map_err(|e| StartError::FakeCertificate(e.to_string()))?;
-    let tls = Arc::new(crate::proxy::tls::TlsContext::new(live.clone(), fake));
     let state = Arc::new(ProxyState::new(live.clone(), metrics.clone(), access_log));
+    let tls = Arc::new(crate::proxy::tls::TlsContext::with_acme(
+        live.clone(),
+        fake,
+        state.acme_challenges.clone(),
+    ));
 
     let (stop_accepting, stop_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
@@ -258,9 +267,43 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
     } else {
         publisher
     };
+    // ACME: translation sends the Secrets to fill; the manager starts below per mode.
+    let acme = crate::acme::AcmeConfig::from_cli(&cli);
+    let (publisher, acme_requests) = match &acme {
+        Some(config) => {
+            // A bad --acme-ca-bundle stops the start, not the first order.
+            crate::acme::client::http_client(config.ca_bundle.as_deref())
+                .map_err(|e| StartError::Acme(e.to_string()))?;
+            let (tx, rx) = watch::channel(Vec::new());
+            (publisher.with_acme_requests(tx), Some(rx))
+        }
+        None => (publisher, None),
+    };
     let mut kube_tasks = None;
+    // Where the ACME order flow publishes challenges: this process's book, or (cluster mode)
+    // Secrets every replica mirrors.
+    let mut acme_publisher: Arc<dyn ChallengePublisher> =
+        Arc::new(LocalPublisher(state.acme_challenges.clone()));
     match source {
         Source::Dir(dir) => {
+            if let (Some(config), Some(requests)) = (acme.clone(), acme_requests.clone()) {
+                let manager = crate::acme::Manager {
+                    storage: crate::acme::storage::Storage::Dir {
+                        dir: cli.state_dir.join("acme"),
+                        events: events_tx.clone(),
+                    },
+                    config,
+                    publisher: acme_publisher.clone(),
+                    metrics: metrics.clone(),
+                    events: None,
+                };
+                // Standalone: this instance is the only one placing orders.
+                let (leader_tx, leader_rx) = watch::channel(true);
+                tasks.push(tokio::spawn(async move {
+                    let _leader = leader_tx;
+                    crate::acme::run(manager, requests, leader_rx).await
+                }));
+            }
             tasks.push(tokio::spawn(publisher.run(events_rx)));
             tasks.push(tokio::spawn(file::run(ManifestDir::new(dir), events_tx)));
         }
@@ -293,6 +336,35 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
             // Whether this pod leads; without an election every pod does (for the internal
             // CA; Ingress status is not written then).
             let (leader_tx, leader_rx) = watch::channel(cli.disable_leader_election);
+            if cli.acme_directory.is_some() {
+                // Every replica answers challenges the leader publishes as Secrets.
+                let (publisher, sharing) = crate::acme::challenges::start_cluster(
+                    client.clone(),
+                    &namespace,
+                    &cli.ingress_class,
+                    state.acme_challenges.clone(),
+                    leader_rx.clone(),
+                );
+                tasks.extend(sharing);
+                acme_publisher = publisher;
+            }
+            if let (Some(config), Some(requests)) = (acme.clone(), acme_requests.clone()) {
+                let manager = crate::acme::Manager {
+                    storage: crate::acme::storage::Storage::Kube {
+                        client: client.clone(),
+                        namespace: namespace.clone(),
+                    },
+                    config,
+                    publisher: acme_publisher.clone(),
+                    metrics: metrics.clone(),
+                    events: Some((client.clone(), identity.clone())),
+                };
+                tasks.push(tokio::spawn(crate::acme::run(
+                    manager,
+                    requests,
+                    leader_rx.clone(),
+                )));
+            }
             if let Some(requests_rx) = cluster_cert_requests.take() {
                 tasks.push(tokio::spawn(crate::internal_ca::cluster::run(
                     client.clone(),
@@ -392,6 +464,7 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
         metrics_addr,
         state,
         health,
+        acme_publisher,
         stop_accepting,
         stop_admin,
         tasks,

@@ -49,7 +49,13 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 /// annotations, ConfigMap keys and metrics names. Without `--manifests` it watches the
 /// Kubernetes API server (in-cluster service account or `--kubeconfig`).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "sluice", version, about, long_about = None)]
+#[command(
+    name = "sluice",
+    version,
+    about,
+    long_about = None,
+    after_help = "Before switching from ingress-nginx: `sluice audit --help` (what carries over)."
+)]
 pub struct Cli {
     /// Standalone mode: read Kubernetes manifests (*.yaml, *.yml, *.json; multi-document YAML)
     /// from this folder instead of the API server, and apply every change to it live.
@@ -145,8 +151,59 @@ pub struct Cli {
     )]
     pub internal_ca_secret: String,
 
-    /// Where standalone mode keeps state across restarts: the internal CA and the
-    /// certificates it issued.
+    /// ACME directory URL: turns on automatic certificates (RFC 8555) for this controller's
+    /// class. Every `spec.tls` host whose Secret is missing (or is a Sluice-managed ACME
+    /// Secret due for renewal) gets a certificate from this CA. Let's Encrypt production:
+    /// https://acme-v02.api.letsencrypt.org/directory ; staging (untrusted certificates, high
+    /// rate limits, for trying things out): https://acme-staging-v02.api.letsencrypt.org/directory
+    #[arg(
+        long,
+        env = "SLUICE_ACME_DIRECTORY",
+        value_name = "URL",
+        conflicts_with = "internal_ca"
+    )]
+    pub acme_directory: Option<String>,
+
+    /// Contact e-mail of the ACME account (the CA sends expiry warnings there). Optional.
+    #[arg(long, env = "SLUICE_ACME_EMAIL", value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// External Account Binding key id, for CAs that require one (ZeroSSL, Google, ...).
+    #[arg(
+        long,
+        env = "SLUICE_ACME_EAB_KID",
+        value_name = "KID",
+        requires = "acme_eab_hmac_key"
+    )]
+    pub acme_eab_kid: Option<String>,
+
+    /// External Account Binding HMAC key, base64url as the CA hands it out.
+    #[arg(
+        long,
+        env = "SLUICE_ACME_EAB_HMAC_KEY",
+        value_name = "KEY",
+        requires = "acme_eab_kid",
+        hide_env_values = true
+    )]
+    pub acme_eab_hmac_key: Option<String>,
+
+    /// PEM file of CA certificates trusted for the ACME directory's own TLS (a private CA, or
+    /// pebble in tests) instead of the system roots.
+    #[arg(long, env = "SLUICE_ACME_CA_BUNDLE", value_name = "FILE")]
+    pub acme_ca_bundle: Option<std::path::PathBuf>,
+
+    /// How the CA validates a host: http-01 (answered on the HTTP port under
+    /// /.well-known/acme-challenge/) or tls-alpn-01 (answered on the HTTPS port).
+    #[arg(long, env = "SLUICE_ACME_CHALLENGE", value_name = "TYPE", default_value = "http-01", value_parser = ["http-01", "tls-alpn-01"])]
+    pub acme_challenge: String,
+
+    /// First wait after a failed ACME order for a host set, doubled on every further failure
+    /// (with jitter, up to a day). Seconds.
+    #[arg(long, env = "SLUICE_ACME_RETRY_BASE", default_value = "300", value_parser = parse_seconds, hide = true)]
+    pub acme_retry_base: Duration,
+
+    /// Where standalone mode keeps state across restarts: the internal CA, the ACME account
+    /// and the certificates either issued.
     #[arg(
         long,
         env = "SLUICE_STATE_DIR",
@@ -364,5 +421,31 @@ mod tests {
         assert!(cli.watch_ingress_without_class);
         let cli = Cli::parse_from(["sluice", "--enable-metrics=false"]);
         assert!(!cli.enable_metrics);
+    }
+
+    #[test]
+    fn acme_flags_validate() {
+        let cli = Cli::parse_from(["sluice"]);
+        assert_eq!(cli.acme_directory, None);
+        assert_eq!(cli.acme_challenge, "http-01");
+        assert_eq!(cli.acme_retry_base, Duration::from_secs(300));
+        let cli = Cli::parse_from([
+            "sluice",
+            "--acme-directory=https://acme-staging-v02.api.letsencrypt.org/directory",
+            "--acme-challenge=tls-alpn-01",
+            "--acme-eab-kid=kid",
+            "--acme-eab-hmac-key=a2V5",
+        ]);
+        assert_eq!(cli.acme_challenge, "tls-alpn-01");
+        assert_eq!(cli.acme_eab_hmac_key.as_deref(), Some("a2V5"));
+        // DNS-01 is not offered; EAB needs both halves; one issuer per class.
+        assert!(Cli::try_parse_from(["sluice", "--acme-challenge=dns-01"]).is_err());
+        assert!(Cli::try_parse_from(["sluice", "--acme-eab-kid=kid"]).is_err());
+        assert!(Cli::try_parse_from([
+            "sluice",
+            "--internal-ca",
+            "--acme-directory=https://ca.example/dir"
+        ])
+        .is_err());
     }
 }

@@ -8,9 +8,13 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod app;
+pub mod audit;
+pub mod auth;
 pub mod cli;
+pub mod compat;
 pub mod diagnostics;
 pub mod events;
 pub mod internal_ca;

@@ -46,6 +46,10 @@ async fn wait_for_signal() {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "audit") {
+        init_tracing("text");
+        std::process::exit(sluice::audit::main(std::env::args_os().skip(1)));
+    }
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     let threads = worker_threads(&cli);

@@ -329,6 +329,8 @@ impl MetricsOptions {
 struct RequestSeries {
     status: u16,
     method: u8,
+    /// The `canary` label: the canary's upstream name, or empty.
+    canary: Arc<str>,
     labels: RequestLabels,
     requests: Option<RawCounter>,
     request_duration: Option<AtomicHistogram>,
@@ -683,6 +685,8 @@ pub struct Metrics {
     pub requests_total: Counter,
     /// `sluice_requests_refused_total{reason}`.
     pub refused: Family<RefusalLabels, Counter>,
+    /// `sluice_acme_orders_total{result}`: ACME orders by outcome (issued, failed).
+    pub acme_orders: Family<RefusalLabels, Counter>,
     /// `ssl_expire_time_seconds{namespace,class,host,secret_name,identifier}`.
     pub ssl_expire_time: Family<Vec<(&'static str, String)>, Gauge>,
     /// `ssl_certificate_info{..., issuer_organization, issuer_common_name, serial_number,
@@ -753,6 +757,7 @@ impl Metrics {
             requests_in_flight: Gauge::default(),
             requests_total: Counter::default(),
             refused: Family::default(),
+            acme_orders: Family::default(),
             ssl_expire_time: Family::default(),
             ssl_certificate_info: Family::default(),
             leader_election_status: Family::default(),
@@ -779,6 +784,11 @@ impl Metrics {
                 "requests_refused",
                 "Requests refused before forwarding, by reason (limit-rps, limit-rpm, limit-connections, the address or block list, a denied location)",
                 metrics.refused.clone(),
+            );
+            sluice.register(
+                "acme_orders",
+                "ACME orders placed with the CA, by result (issued, failed)",
+                metrics.acme_orders.clone(),
             );
         }
         root.register_collector(Box::new(SourcesCollector(metrics.sources.clone())));
@@ -1054,7 +1064,13 @@ impl Metrics {
     }
 
     /// The handles of a (route, status, method) not seen before in this snapshot.
-    fn new_series(&self, labels: &RouteLabels, status: u16, method: u8) -> Arc<RequestSeries> {
+    fn new_series(
+        &self,
+        labels: &RouteLabels,
+        canary: &Arc<str>,
+        status: u16,
+        method: u8,
+    ) -> Arc<RequestSeries> {
         let key = RequestLabels {
             status: if self.options.status_classes {
                 self.status_label(status * 100)
@@ -1063,7 +1079,7 @@ impl Metrics {
             },
             method: Cow::Borrowed(METHODS[usize::from(method).min(METHODS.len() - 1)]),
             route: labels.clone(),
-            canary: Arc::from(""),
+            canary: canary.clone(),
             with_host: self.options.per_host,
         };
         let o = &self.options;
@@ -1073,6 +1089,7 @@ impl Metrics {
         Arc::new(RequestSeries {
             status,
             method,
+            canary: canary.clone(),
             requests: (!o.excluded("requests")).then(|| self.requests.get_or_create_owned(&key)),
             request_duration: h("request_duration_seconds", &self.request_duration),
             upstream: OnceLock::new(),
@@ -1085,6 +1102,20 @@ impl Metrics {
 
     /// Count one finished request of the route `route` (whose labels are `labels`).
     pub fn observe(&self, route: &RouteSeries, labels: &RouteLabels, sample: &RequestSample) {
+        self.observe_canary(route, labels, None, sample);
+    }
+
+    /// Count one finished request; `canary` is the canary upstream that served it (the
+    /// `canary` label, as ingress-nginx's `proxy_alternative_upstream_name`).
+    pub fn observe_canary(
+        &self,
+        route: &RouteSeries,
+        labels: &RouteLabels,
+        canary: Option<&Arc<str>>,
+        sample: &RequestSample,
+    ) {
+        static NO_CANARY: OnceLock<Arc<str>> = OnceLock::new();
+        let canary = canary.unwrap_or_else(|| NO_CANARY.get_or_init(|| Arc::from("")));
         self.requests_total.inc();
         if !self.options.enabled || !route.counted {
             return;
@@ -1096,20 +1127,20 @@ impl Metrics {
         };
         let method = sample.method;
         let seen = route.seen.load();
-        if let Some(found) = seen
-            .as_deref()
-            .and_then(|v| v.iter().find(|s| s.status == status && s.method == method))
-        {
+        if let Some(found) = seen.as_deref().and_then(|v| {
+            v.iter()
+                .find(|s| s.status == status && s.method == method && s.canary == *canary)
+        }) {
             self.record(found, sample);
             return;
         }
         drop(seen);
-        let series = self.new_series(labels, status, method);
+        let series = self.new_series(labels, canary, status, method);
         route.seen.rcu(|seen| {
             let mut seen = seen.as_deref().cloned().unwrap_or_default();
             if !seen
                 .iter()
-                .any(|s| s.status == status && s.method == method)
+                .any(|s| s.status == status && s.method == method && s.canary == *canary)
             {
                 seen.push(series.clone());
             }

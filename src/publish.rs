@@ -41,6 +41,7 @@ pub struct Publisher {
     problems: Option<mpsc::UnboundedSender<Vec<Diagnostic>>>,
     tls: Option<Arc<TlsContext>>,
     cert_requests: Option<tokio::sync::watch::Sender<Vec<crate::internal_ca::CertRequest>>>,
+    acme_requests: Option<watch::Sender<Vec<crate::acme::AcmeRequest>>>,
 }
 
 impl Publisher {
@@ -64,6 +65,7 @@ impl Publisher {
             problems: None,
             tls: None,
             cert_requests: None,
+            acme_requests: None,
         }
     }
 
@@ -73,6 +75,15 @@ impl Publisher {
         tx: tokio::sync::watch::Sender<Vec<crate::internal_ca::CertRequest>>,
     ) -> Publisher {
         self.cert_requests = Some(tx);
+        self
+    }
+
+    /// Send the ACME client's certificate requests after each translation.
+    pub fn with_acme_requests(
+        mut self,
+        tx: watch::Sender<Vec<crate::acme::AcmeRequest>>,
+    ) -> Publisher {
+        self.acme_requests = Some(tx);
         self
     }
 
@@ -145,6 +156,15 @@ impl Publisher {
                     let changed = *current != translation.cert_requests;
                     if changed {
                         *current = translation.cert_requests.clone();
+                    }
+                    changed
+                });
+            }
+            if let Some(tx) = &self.acme_requests {
+                tx.send_if_modified(|current| {
+                    let changed = *current != translation.acme_requests;
+                    if changed {
+                        *current = translation.acme_requests.clone();
                     }
                     changed
                 });

@@ -134,6 +134,9 @@ pub struct Settings {
     /// `client-body-buffer-size` (8k): request body kept in memory when buffering; the rest
     /// goes to a temporary file.
     pub client_body_buffer_size: u64,
+    /// `custom-http-errors` (none): statuses answered by the default backend instead (with
+    /// the X-Code headers); the default for the annotation of the same name.
+    pub custom_http_errors: Vec<u16>,
     /// `proxy-request-buffering` (on): read the whole request body before proxying.
     pub proxy_request_buffering: bool,
     /// `large-client-header-buffers` (`4 8k`): a header line over the size gets 400, a
@@ -176,8 +179,16 @@ pub struct Settings {
     pub disable_access_log: bool,
     /// `skip-access-log-urls` (empty): request paths never logged.
     pub skip_access_log_urls: Vec<String>,
+    /// `global-auth-url` and the other `global-auth-*` keys as written (none): external
+    /// authentication for every location, checked and applied in `translate::auth`.
+    pub global_auth: BTreeMap<String, String>,
+    /// `no-auth-locations` (`/.well-known/acme-challenge`): path prefixes never authenticated.
+    pub no_auth_locations: Vec<String>,
     /// `log-format-escape-json` (false): escape variables in the access log as JSON strings.
     pub log_format_escape_json: bool,
+    /// `load-balance` (`round_robin`): the algorithm of locations without a `load-balance`,
+    /// `upstream-hash-by` or `affinity` annotation; `round_robin` or `ewma`.
+    pub load_balance: String,
     /// `ssl-redirect` (true): redirect HTTP to HTTPS for hosts with a `spec.tls` section.
     pub ssl_redirect: bool,
     /// `force-ssl-redirect` (false): redirect even hosts without TLS (TLS offloaded in front).
@@ -231,6 +242,14 @@ pub struct Settings {
     /// `from_configmap` and `default`; code that changes the hsts* fields directly calls
     /// [`Settings::with_hsts_header`].
     pub hsts_header: Option<http::HeaderValue>,
+    /// `proxy-buffering`, `proxy-http-version`, `proxy-redirect-*`, `proxy-cookie-*`,
+    /// `service-upstream`, `proxy-set-headers`, `add-headers`, `hide-headers`,
+    /// `global-allowed-response-headers` (translate/proxy_settings.rs).
+    pub proxy: crate::translate::proxy_settings::ProxyKeys,
+    /// `allow-snippet-annotations` (false) and `annotations-risk-level` (High): snippet
+    /// annotations (Critical) are translated (never executed) only when both allow them.
+    pub allow_snippet_annotations: bool,
+    pub annotations_risk_level: crate::compat::Risk,
 }
 
 /// ingress-nginx's default `ssl-ciphers`.
@@ -293,6 +312,7 @@ impl Default for Settings {
             client_body_timeout: Duration::from_secs(60),
             proxy_body_size: 1024 * 1024,
             client_body_buffer_size: 8 * 1024,
+            custom_http_errors: Vec::new(),
             proxy_request_buffering: true,
             large_client_header_buffers: (4, 8 * 1024),
             use_gzip: false,
@@ -322,7 +342,10 @@ impl Default for Settings {
             worker_processes: None,
             disable_access_log: false,
             skip_access_log_urls: Vec::new(),
+            global_auth: BTreeMap::new(),
+            no_auth_locations: vec!["/.well-known/acme-challenge".to_string()],
             log_format_escape_json: false,
+            load_balance: "round_robin".to_string(),
             ssl_redirect: true,
             force_ssl_redirect: false,
             preserve_trailing_slash: false,
@@ -345,6 +368,9 @@ impl Default for Settings {
             block_user_agents: Vec::new(),
             block_referers: Vec::new(),
             hsts_header: None,
+            proxy: Default::default(),
+            allow_snippet_annotations: false,
+            annotations_risk_level: crate::compat::Risk::High,
         }
         .with_hsts_header()
     }
@@ -355,23 +381,28 @@ pub const DEFAULT_LOG_FORMAT_UPSTREAM: &str = r#"$remote_addr - $remote_user [$t
 
 /// ingress-nginx ConfigMap keys Sluice knows but does not act on yet. They are reported as
 /// such, never silently dropped.
-const NOT_YET_SUPPORTED: &[&str] = &[
+pub const NOT_YET_SUPPORTED: &[&str] = &[
     "client-header-buffer-size",
-    "custom-http-errors",
-    "proxy-buffering",
     "proxy-buffer-size",
-    "proxy-http-version",
-    "proxy-set-headers",
-    "add-headers",
-    "hide-headers",
-    "load-balance",
-    "global-auth-url",
     "enable-opentelemetry",
     "use-proxy-protocol",
 ];
 
+/// The `global-auth-*` keys Sluice implements (`global-auth-snippet` is raw nginx).
+const GLOBAL_AUTH_KEYS: &[&str] = &[
+    "global-auth-url",
+    "global-auth-method",
+    "global-auth-signin",
+    "global-auth-signin-redirect-param",
+    "global-auth-response-headers",
+    "global-auth-request-redirect",
+    "global-auth-cache-key",
+    "global-auth-cache-duration",
+    "global-auth-always-set-cookie",
+];
+
 /// Raw-nginx keys that inject configuration text; Sluice never executes them.
-const NEVER_SUPPORTED: &[&str] = &[
+pub const NEVER_SUPPORTED: &[&str] = &[
     "main-snippet",
     "http-snippet",
     "server-snippet",
@@ -400,31 +431,86 @@ impl Settings {
                 ))
             };
             match key.as_str() {
-                "use-forwarded-headers" => set(&mut s.use_forwarded_headers, parse_bool(value), &mut bad),
-                "compute-full-forwarded-for" => set(&mut s.compute_full_forwarded_for, parse_bool(value), &mut bad),
+                "use-forwarded-headers" => {
+                    set(&mut s.use_forwarded_headers, parse_bool(value), &mut bad)
+                }
+                "compute-full-forwarded-for" => set(
+                    &mut s.compute_full_forwarded_for,
+                    parse_bool(value),
+                    &mut bad,
+                ),
                 "forwarded-for-header" => set(
                     &mut s.forwarded_for_header,
                     HeaderName::from_bytes(value.as_bytes()).map_err(|e| e.to_string()),
                     &mut bad,
                 ),
                 "enable-real-ip" => set(&mut s.enable_real_ip, parse_bool(value), &mut bad),
-                "proxy-real-ip-cidr" => set(&mut s.proxy_real_ip_cidr, parse_cidrs(value), &mut bad),
+                "proxy-real-ip-cidr" => {
+                    set(&mut s.proxy_real_ip_cidr, parse_cidrs(value), &mut bad)
+                }
                 "server-tokens" => set(&mut s.server_tokens, parse_bool(value), &mut bad),
-                "generate-request-id" => set(&mut s.generate_request_id, parse_bool(value), &mut bad),
-                "proxy-connect-timeout" => set(&mut s.proxy_connect_timeout, parse_duration(value), &mut bad),
-                "proxy-read-timeout" => set(&mut s.proxy_read_timeout, parse_duration(value), &mut bad),
-                "proxy-send-timeout" => set(&mut s.proxy_send_timeout, parse_duration(value), &mut bad),
-                "proxy-next-upstream" => set(&mut s.proxy_next_upstream, NextUpstream::parse(value), &mut bad),
-                "proxy-next-upstream-tries" => set(&mut s.proxy_next_upstream_tries, parse_num(value), &mut bad),
-                "proxy-next-upstream-timeout" => set(&mut s.proxy_next_upstream_timeout, parse_duration(value), &mut bad),
-                "keep-alive" | "keepalive-timeout" => set(&mut s.keep_alive, parse_duration(value), &mut bad),
-                "keep-alive-requests" => set(&mut s.keep_alive_requests, parse_num(value), &mut bad),
-                "client-header-timeout" => set(&mut s.client_header_timeout, parse_duration(value), &mut bad),
-                "client-body-timeout" => set(&mut s.client_body_timeout, parse_duration(value), &mut bad),
-                "proxy-body-size" | "client-max-body-size" => set(&mut s.proxy_body_size, parse_size(value), &mut bad),
-                "client-body-buffer-size" => set(&mut s.client_body_buffer_size, parse_size(value), &mut bad),
-                "proxy-request-buffering" => set(&mut s.proxy_request_buffering, parse_on_off(value), &mut bad),
-                "large-client-header-buffers" => set(&mut s.large_client_header_buffers, parse_header_buffers(value), &mut bad),
+                "generate-request-id" => {
+                    set(&mut s.generate_request_id, parse_bool(value), &mut bad)
+                }
+                "proxy-connect-timeout" => set(
+                    &mut s.proxy_connect_timeout,
+                    parse_duration(value),
+                    &mut bad,
+                ),
+                "proxy-read-timeout" => {
+                    set(&mut s.proxy_read_timeout, parse_duration(value), &mut bad)
+                }
+                "custom-http-errors" => set(
+                    &mut s.custom_http_errors,
+                    crate::translate::custom_errors::parse_codes(value),
+                    &mut bad,
+                ),
+                "proxy-send-timeout" => {
+                    set(&mut s.proxy_send_timeout, parse_duration(value), &mut bad)
+                }
+                "proxy-next-upstream" => set(
+                    &mut s.proxy_next_upstream,
+                    NextUpstream::parse(value),
+                    &mut bad,
+                ),
+                "proxy-next-upstream-tries" => {
+                    set(&mut s.proxy_next_upstream_tries, parse_num(value), &mut bad)
+                }
+                "proxy-next-upstream-timeout" => set(
+                    &mut s.proxy_next_upstream_timeout,
+                    parse_duration(value),
+                    &mut bad,
+                ),
+                "keep-alive" | "keepalive-timeout" => {
+                    set(&mut s.keep_alive, parse_duration(value), &mut bad)
+                }
+                "keep-alive-requests" => {
+                    set(&mut s.keep_alive_requests, parse_num(value), &mut bad)
+                }
+                "client-header-timeout" => set(
+                    &mut s.client_header_timeout,
+                    parse_duration(value),
+                    &mut bad,
+                ),
+                "client-body-timeout" => {
+                    set(&mut s.client_body_timeout, parse_duration(value), &mut bad)
+                }
+                "proxy-body-size" | "client-max-body-size" => {
+                    set(&mut s.proxy_body_size, parse_size(value), &mut bad)
+                }
+                "client-body-buffer-size" => {
+                    set(&mut s.client_body_buffer_size, parse_size(value), &mut bad)
+                }
+                "proxy-request-buffering" => set(
+                    &mut s.proxy_request_buffering,
+                    parse_on_off(value),
+                    &mut bad,
+                ),
+                "large-client-header-buffers" => set(
+                    &mut s.large_client_header_buffers,
+                    parse_header_buffers(value),
+                    &mut bad,
+                ),
                 "use-gzip" | "enable-gzip" => set(&mut s.use_gzip, parse_bool(value), &mut bad),
                 "gzip-level" => set(&mut s.gzip_level, parse_level(value, 1, 9), &mut bad),
                 "gzip-types" => s.gzip_types = crate::proxy::compress::parse_types(value),
@@ -442,10 +528,26 @@ impl Settings {
                 "zstd-level" => set(&mut s.zstd_level, parse_level(value, 1, 19), &mut bad),
                 "zstd-types" => s.zstd_types = crate::proxy::compress::parse_types(value),
                 "zstd-min-length" => set(&mut s.zstd_min_length, parse_num(value), &mut bad),
-                "upstream-keepalive-connections" => set(&mut s.upstream_keepalive_connections, parse_num(value), &mut bad),
-                "upstream-keepalive-timeout" => set(&mut s.upstream_keepalive_timeout, parse_duration(value), &mut bad),
-                "upstream-keepalive-requests" => set(&mut s.upstream_keepalive_requests, parse_num(value), &mut bad),
-                "upstream-keepalive-time" => set(&mut s.upstream_keepalive_time, parse_duration(value), &mut bad),
+                "upstream-keepalive-connections" => set(
+                    &mut s.upstream_keepalive_connections,
+                    parse_num(value),
+                    &mut bad,
+                ),
+                "upstream-keepalive-timeout" => set(
+                    &mut s.upstream_keepalive_timeout,
+                    parse_duration(value),
+                    &mut bad,
+                ),
+                "upstream-keepalive-requests" => set(
+                    &mut s.upstream_keepalive_requests,
+                    parse_num(value),
+                    &mut bad,
+                ),
+                "upstream-keepalive-time" => set(
+                    &mut s.upstream_keepalive_time,
+                    parse_duration(value),
+                    &mut bad,
+                ),
                 "max-worker-connections" | "worker-connections" => {
                     match parse_num::<usize>(value) {
                         // ingress-nginx: 0 means "derive from the open-files limit".
@@ -468,11 +570,35 @@ impl Settings {
                 "skip-access-log-urls" => {
                     s.skip_access_log_urls = split_list(value).map(str::to_string).collect()
                 }
-                "log-format-escape-json" => set(&mut s.log_format_escape_json, parse_bool(value), &mut bad),
+                "no-auth-locations" => {
+                    s.no_auth_locations = split_list(value).map(str::to_string).collect()
+                }
+                k if GLOBAL_AUTH_KEYS.contains(&k) => {
+                    s.global_auth.insert(k.to_string(), value.to_string());
+                }
+                "allow-snippet-annotations" => set(
+                    &mut s.allow_snippet_annotations,
+                    parse_bool(value),
+                    &mut bad,
+                ),
+                "annotations-risk-level" => {
+                    set(&mut s.annotations_risk_level, value.parse(), &mut bad)
+                }
+                "log-format-escape-json" => {
+                    set(&mut s.log_format_escape_json, parse_bool(value), &mut bad)
+                }
+                "load-balance" => match value {
+                    "round_robin" | "ewma" => s.load_balance = value.to_string(),
+                    _ => bad("expected round_robin or ewma".into()),
+                },
                 "ssl-redirect" => set(&mut s.ssl_redirect, parse_bool(value), &mut bad),
                 "force-ssl-redirect" => set(&mut s.force_ssl_redirect, parse_bool(value), &mut bad),
-                "preserve-trailing-slash" => set(&mut s.preserve_trailing_slash, parse_bool(value), &mut bad),
-                "use-port-in-redirects" => set(&mut s.use_port_in_redirects, parse_bool(value), &mut bad),
+                "preserve-trailing-slash" => {
+                    set(&mut s.preserve_trailing_slash, parse_bool(value), &mut bad)
+                }
+                "use-port-in-redirects" => {
+                    set(&mut s.use_port_in_redirects, parse_bool(value), &mut bad)
+                }
                 "http-redirect-code" => match parse_num::<u16>(value) {
                     Ok(code @ (301 | 302 | 307 | 308)) => s.http_redirect_code = code,
                     Ok(_) => bad("must be 301, 302, 307 or 308".into()),
@@ -483,13 +609,21 @@ impl Settings {
                 }
                 "hsts" => set(&mut s.hsts, parse_bool(value), &mut bad),
                 "hsts-max-age" => set(&mut s.hsts_max_age, parse_num(value), &mut bad),
-                "hsts-include-subdomains" => set(&mut s.hsts_include_subdomains, parse_bool(value), &mut bad),
+                "hsts-include-subdomains" => {
+                    set(&mut s.hsts_include_subdomains, parse_bool(value), &mut bad)
+                }
                 "hsts-preload" => set(&mut s.hsts_preload, parse_bool(value), &mut bad),
                 "ssl-protocols" => {
-                    let protocols: Vec<String> = value.split_whitespace().map(str::to_string).collect();
+                    let protocols: Vec<String> =
+                        value.split_whitespace().map(str::to_string).collect();
                     let unknown: Vec<&String> = protocols
                         .iter()
-                        .filter(|p| !matches!(p.as_str(), "TLSv1.2" | "TLSv1.3" | "TLSv1" | "TLSv1.1" | "SSLv3"))
+                        .filter(|p| {
+                            !matches!(
+                                p.as_str(),
+                                "TLSv1.2" | "TLSv1.3" | "TLSv1" | "TLSv1.1" | "SSLv3"
+                            )
+                        })
                         .collect();
                     if !unknown.is_empty() {
                         bad(format!("unknown protocol(s) {unknown:?}"));
@@ -500,7 +634,12 @@ impl Settings {
                     }
                 }
                 "ssl-ciphers" => {
-                    let ciphers: Vec<String> = value.split(':').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect();
+                    let ciphers: Vec<String> = value
+                        .split(':')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_string)
+                        .collect();
                     let unsupported: Vec<&String> = ciphers
                         .iter()
                         .filter(|c| crate::proxy::tls::rustls_suite_for(c).is_none())
@@ -512,7 +651,10 @@ impl Settings {
                             format!("{unsupported:?} have no implementation in rustls (DHE and CBC suites); they are left out, the rest is used"),
                         ));
                     }
-                    if ciphers.iter().any(|c| crate::proxy::tls::rustls_suite_for(c).is_some()) {
+                    if ciphers
+                        .iter()
+                        .any(|c| crate::proxy::tls::rustls_suite_for(c).is_some())
+                    {
                         s.ssl_ciphers = ciphers;
                     } else {
                         diags.push(Diagnostic::warning(
@@ -523,11 +665,22 @@ impl Settings {
                     }
                 }
                 "use-http2" => set(&mut s.use_http2, parse_bool(value), &mut bad),
-                "limit-req-status-code" => set(&mut s.limit_req_status_code, parse_error_status(value), &mut bad),
-                "limit-conn-status-code" => set(&mut s.limit_conn_status_code, parse_error_status(value), &mut bad),
+                "limit-req-status-code" => set(
+                    &mut s.limit_req_status_code,
+                    parse_error_status(value),
+                    &mut bad,
+                ),
+                "limit-conn-status-code" => set(
+                    &mut s.limit_conn_status_code,
+                    parse_error_status(value),
+                    &mut bad,
+                ),
                 "limit-conn-zone-variable" => {
                     if !matches!(value, "$binary_remote_addr" | "$remote_addr") {
-                        bad("Sluice keys limits on the client address only ($binary_remote_addr)".into());
+                        bad(
+                            "Sluice keys limits on the client address only ($binary_remote_addr)"
+                                .into(),
+                        );
                     }
                 }
                 "whitelist-source-range" | "allowlist-source-range" | "denylist-source-range" => {
@@ -581,6 +734,11 @@ impl Settings {
                     Ok(_) => bad("must be positive".into()),
                     Err(e) => bad(e),
                 },
+                k if crate::translate::proxy_settings::CONFIGMAP_KEYS.contains(&k) => {
+                    if let Err(e) = s.proxy.set(k, value) {
+                        bad(e)
+                    }
+                }
                 "log-format-upstream" => {
                     if value != DEFAULT_LOG_FORMAT_UPSTREAM {
                         diags.push(Diagnostic::warning(
@@ -590,20 +748,12 @@ impl Settings {
                         ));
                     }
                 }
-                k if NEVER_SUPPORTED.contains(&k) => diags.push(Diagnostic::warning(
-                    object.clone(),
-                    format!("data.{key}"),
-                    "raw nginx configuration is never executed by Sluice; key ignored",
-                )),
-                k if NOT_YET_SUPPORTED.contains(&k) => diags.push(Diagnostic::warning(
-                    object.clone(),
-                    format!("data.{key}"),
-                    "ingress-nginx key recognised but not implemented in this Sluice version; ignored",
-                )),
+                // NOT_YET_SUPPORTED, NEVER_SUPPORTED and unknown keys: the reason and the
+                // alternative come from the compatibility table.
                 _ => diags.push(Diagnostic::warning(
                     object.clone(),
                     format!("data.{key}"),
-                    "unknown key; ignored",
+                    crate::compat::unimplemented_key_warning(key),
                 )),
             }
         }

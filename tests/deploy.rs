@@ -1021,11 +1021,13 @@ fn rbac_is_enough_and_no_more() {
     internal_ca_may_write_secrets_and_nothing_else_may(&m);
 }
 
-/// Secret writes were added deliberately for `--internal-ca` in cluster mode: its leader
-/// creates issued certificates as Secrets in the Ingress's namespace (and replaces the ones it
-/// issued), and every replica creates the CA Secret when it is absent. So: the internal
-/// controller's ServiceAccount may create and update Secrets (no delete, no patch), and no
-/// other subject may write Secrets at all.
+/// Secret writes were added deliberately for the two certificate issuers in cluster mode.
+/// `--internal-ca` (internal controller): its leader creates issued certificates as Secrets in
+/// the Ingress's namespace (and replaces the ones it issued), and every replica creates the CA
+/// Secret when it is absent: create and update. `--acme-directory` (external controller): the
+/// same for ACME certificates, plus, in "network" only, the account Secret and the pending
+/// challenge Secrets, which it also deletes. No other subject may write Secrets; nobody may
+/// delete them cluster-wide or patch them.
 fn internal_ca_may_write_secrets_and_nothing_else_may(m: &Manifests) {
     let writes_secrets = |rules: &[PolicyRule]| {
         rules.iter().any(|r| {
@@ -1038,7 +1040,8 @@ fn internal_ca_may_write_secrets_and_nothing_else_may(m: &Manifests) {
                 })
         })
     };
-    let mut internal_rules: Vec<PolicyRule> = Vec::new();
+    let mut granted: BTreeMap<&str, Vec<PolicyRule>> = BTreeMap::new();
+    let mut external_network_rules: Vec<PolicyRule> = Vec::new();
     for d in &m.docs {
         let (role_kind, role_name, subjects) = match &d.object {
             Object::ClusterRoleBinding(b) => (&b.role_ref.kind, &b.role_ref.name, &b.subjects),
@@ -1068,34 +1071,72 @@ fn internal_ca_may_write_secrets_and_nothing_else_may(m: &Manifests) {
         if !writes_secrets(&rules) {
             continue;
         }
+        let namespaced = role_kind == "Role";
         for s in subjects.iter().flatten() {
-            assert_eq!(
-                (s.kind.as_str(), s.name.as_str()),
-                ("ServiceAccount", "sluice-internal"),
-                "{}: only the internal controller (--internal-ca) may write Secrets",
-                d.key
+            assert!(
+                s.kind == "ServiceAccount"
+                    && matches!(s.name.as_str(), "sluice-internal" | "sluice-external"),
+                "{}: only the certificate issuers (--internal-ca, --acme-directory) may write Secrets, not {}",
+                d.key,
+                s.name
             );
-        }
-        for r in &rules {
-            if r.resources.iter().flatten().any(|x| x == "secrets") {
+            for r in &rules {
+                if !r.resources.iter().flatten().any(|x| x == "secrets") {
+                    continue;
+                }
                 for verb in &r.verbs {
+                    let ok = match verb.as_str() {
+                        "get" | "list" | "watch" | "create" | "update" => true,
+                        // ACME challenge Secrets, in the controller's namespace only.
+                        "delete" => namespaced && s.name == "sluice-external",
+                        _ => false,
+                    };
                     assert!(
-                        matches!(
-                            verb.as_str(),
-                            "get" | "list" | "watch" | "create" | "update"
-                        ),
-                        "{}: Secret verb {verb} is not needed by the internal CA",
-                        d.key
+                        ok,
+                        "{}: Secret verb {verb} for {} is not needed",
+                        d.key, s.name
                     );
                 }
             }
+            if namespaced && s.name == "sluice-external" {
+                assert_eq!(d.key.namespace, "network", "{}", d.key);
+                external_network_rules.extend(rules.clone());
+            }
+            if !namespaced {
+                granted
+                    .entry(if s.name == "sluice-internal" {
+                        "sluice-internal"
+                    } else {
+                        "sluice-external"
+                    })
+                    .or_default()
+                    .extend(rules.clone());
+            }
         }
-        internal_rules.extend(rules);
     }
-    for verb in ["create", "update"] {
+    for (sa, why) in [
+        ("sluice-internal", "issued certificates, the CA Secret"),
+        (
+            "sluice-external",
+            "ACME certificates in the Ingresses' namespaces",
+        ),
+    ] {
+        for verb in ["create", "update"] {
+            assert!(
+                allows(
+                    granted.get(sa).map(Vec::as_slice).unwrap_or(&[]),
+                    "",
+                    "secrets",
+                    verb
+                ),
+                "{sa} lacks cluster-wide {verb} secrets ({why})"
+            );
+        }
+    }
+    for verb in ["create", "update", "delete"] {
         assert!(
-            allows(&internal_rules, "", "secrets", verb),
-            "the internal controller lacks {verb} secrets (issued certificates, the CA Secret)"
+            allows(&external_network_rules, "", "secrets", verb),
+            "sluice-external lacks {verb} secrets in network (ACME account and challenges)"
         );
     }
     let internal = m.deployment("sluice-internal");
@@ -1109,13 +1150,22 @@ fn internal_ca_may_write_secrets_and_nothing_else_may(m: &Manifests) {
         "the internal class uses the internal CA"
     );
     assert_eq!(
-        flag(
-            sluice_container(m.deployment("sluice-external")),
-            "internal-ca"
-        ),
+        flag(sluice_container(internal), "acme-directory"),
         None,
-        "the external class does not"
+        "the internal class does not use ACME"
     );
+    let external = sluice_container(m.deployment("sluice-external"));
+    assert_eq!(
+        flag(external, "internal-ca"),
+        None,
+        "the external class does not use the internal CA"
+    );
+    assert_eq!(
+        flag(external, "acme-directory"),
+        Some("https://acme-v02.api.letsencrypt.org/directory"),
+        "the external class gets Let's Encrypt certificates"
+    );
+    assert!(flag(external, "acme-email").is_some());
 }
 
 #[test]
@@ -1218,6 +1268,16 @@ fn network_policies_let_the_controllers_work() {
                     .iter()
                     .any(|r| port_open(r.ports.as_ref(), port, protocol)),
                 "{name}: no egress to {protocol}/{port}"
+            );
+        }
+        // The ACME CA (--acme-directory, e.g. Let's Encrypt): TCP 443 to any address.
+        if flag(c, "acme-directory").is_some() {
+            assert!(
+                egress
+                    .iter()
+                    .any(|r| r.to.as_ref().is_none_or(Vec::is_empty)
+                        && port_open(r.ports.as_ref(), 443, "TCP")),
+                "{name}: no egress to the ACME CA on TCP/443"
             );
         }
         // Backends: every pod in every namespace, every port.

@@ -123,7 +123,16 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        // hyper stops polling a body with a known length once it says it ended, so the
+        // `None` that marks it sent may never come: without this the wait for the response
+        // would run on send_timeout instead of read_timeout.
+        if end && !self.progress.is_done() {
+            self.progress
+                .done_ms
+                .store(self.progress.now_ms(), Ordering::Relaxed);
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -2,6 +2,7 @@
 //! stripping, endpoint choice with retries per `proxy-next-upstream`, timeouts, and WebSocket
 //! tunnels.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -15,12 +16,14 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{empty, BodyProgress, ProgressBody, ProxyBody, UpstreamBody};
 use super::error::{ProxyError, RetryClass};
+use super::headers::RequestFacts;
 use super::request_body::RequestBody;
 use super::upstream::{ConnectSpec, Endpoint, PoolKey};
 use super::ProxyState;
 use crate::settings::Settings;
-use crate::snapshot::UpstreamProtocol;
+use crate::snapshot::proxy_policy::ProxyPolicy;
 use crate::snapshot::{Backend, BackendKind};
+use crate::snapshot::{HeaderPolicy, RoutePolicy, UpstreamProtocol};
 use rustls::pki_types::ServerName;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -206,11 +209,53 @@ pub async fn forward(
     state: &Arc<ProxyState>,
     settings: &Settings,
     backend: &Arc<Backend>,
-    mut req: Request<RequestBody>,
+    req: Request<RequestBody>,
     ctx: &ForwardContext,
     protocol: &UpstreamProtocol,
 ) -> Result<Forwarded, ForwardError> {
+    forward_with(state, settings, backend, req, ctx, protocol, None, None).await
+}
+
+/// [`forward`] for a location: its protocol, proxy settings (timeouts, retries, version,
+/// buffering, redirect and cookie rewriting) and header policy.
+pub async fn forward_route(
+    state: &Arc<ProxyState>,
+    settings: &Settings,
+    backend: &Arc<Backend>,
+    req: Request<RequestBody>,
+    ctx: &ForwardContext,
+    policy: &RoutePolicy,
+) -> Result<Forwarded, ForwardError> {
+    forward_with(
+        state,
+        settings,
+        backend,
+        req,
+        ctx,
+        &policy.upstream,
+        policy.proxy.as_deref(),
+        policy.headers.as_deref(),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward_with(
+    state: &Arc<ProxyState>,
+    settings: &Settings,
+    backend: &Arc<Backend>,
+    mut req: Request<RequestBody>,
+    ctx: &ForwardContext,
+    protocol: &UpstreamProtocol,
+    proxy: Option<&ProxyPolicy>,
+    header_policy: Option<&HeaderPolicy>,
+) -> Result<Forwarded, ForwardError> {
     let started = Instant::now();
+    // Without a location policy (error pages), the ConfigMap's values.
+    let proxy = match proxy {
+        Some(p) => Cow::Borrowed(p),
+        None => Cow::Owned(ProxyPolicy::from_settings(settings)),
+    };
     let endpoints = backend.endpoint_count();
     if endpoints == 0 {
         return Err(match backend.kind {
@@ -233,6 +278,21 @@ pub async fn forward(
         .map(|_| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut headers = upstream_headers(settings, &parts.headers, ctx, upgrade_protocol.as_ref());
+    let facts = RequestFacts {
+        ctx,
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+    };
+    super::headers::apply_request(header_policy, &mut headers, &facts);
+    if let Some(connection) = &proxy.connection {
+        headers.insert(header::CONNECTION, connection.clone());
+    }
+    // upstream-vhost (proxy/rewrite.rs) changes only the Host the upstream sees.
+    let upstream_vhost = parts.extensions.get::<super::rewrite::UpstreamVhost>();
+    if let Some(vhost) = upstream_vhost {
+        headers.insert(header::HOST, vhost.0.clone());
+    }
     let spec = connect_spec(protocol, ctx, backend);
     let path = parts
         .uri
@@ -242,7 +302,10 @@ pub async fn forward(
     let uri: http::Uri = if spec.http2 {
         // HTTP/2 carries the host in :authority; gRPC needs `te: trailers` end to end.
         let scheme = if spec.tls.is_some() { "https" } else { "http" };
-        let authority = ctx.best_host.to_str().unwrap_or("localhost");
+        let authority = upstream_vhost
+            .map_or(&ctx.best_host, |v| &v.0)
+            .to_str()
+            .unwrap_or("localhost");
         headers.remove(header::HOST);
         if parts
             .headers
@@ -259,6 +322,8 @@ pub async fn forward(
     };
     let upstream_version = if spec.http2 {
         Version::HTTP_2
+    } else if proxy.http10 {
+        Version::HTTP_10
     } else {
         Version::HTTP_11
     };
@@ -278,27 +343,27 @@ pub async fn forward(
         RequestBody::Buffered(spool) => spool.body(),
     });
 
-    let policy = settings.proxy_next_upstream;
+    let policy = proxy.next_upstream;
     let may_retry_method = idempotent(&parts.method) || policy.non_idempotent;
-    let max_tries = match settings.proxy_next_upstream_tries {
+    let max_tries = match proxy.next_upstream_tries {
         0 => usize::MAX,
         n => n as usize,
     };
-    let deadline = (!settings.proxy_next_upstream_timeout.is_zero())
-        .then(|| started + settings.proxy_next_upstream_timeout);
+    let deadline =
+        (!proxy.next_upstream_timeout.is_zero()).then(|| started + proxy.next_upstream_timeout);
 
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0usize;
     loop {
         attempt += 1;
         let key = PoolKey {
-            endpoint: pick_endpoint(backend, &tried),
+            endpoint: pick_endpoint(backend, &tried, parts.extensions.get()),
             http2: spec.http2,
             tls: spec.tls.as_ref().map(|(t, _)| t.id),
         };
         let mut conn = match state
             .pool
-            .checkout(&key, &spec, settings.proxy_connect_timeout)
+            .checkout(&key, &spec, proxy.connect_timeout)
             .await
         {
             Ok(conn) => conn,
@@ -334,7 +399,7 @@ pub async fn forward(
         *upstream_req.headers_mut() = headers.clone();
 
         let send = conn.sender.try_send_request(upstream_req);
-        let mut response = match wait_for_response(send, &progress, settings, peer).await {
+        let mut response = match wait_for_response(send, &progress, &proxy, peer).await {
             Ok(response) => response,
             Err((e, returned)) => {
                 let unsent = returned.is_some();
@@ -377,7 +442,7 @@ pub async fn forward(
                 return Err(ProxyError::UnexpectedUpgrade { addr: peer });
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let idle = settings.proxy_read_timeout;
+            let idle = proxy.read_timeout;
             let tunnels = state.tunnels.clone();
             let guard = tunnels.open();
             tokio::spawn(async move {
@@ -393,6 +458,12 @@ pub async fn forward(
             });
             let (mut head, _) = response.into_parts();
             downstream_headers(settings, &mut head.headers, true);
+            super::headers::apply_upstream_response(
+                header_policy,
+                &proxy,
+                &mut head.headers,
+                &facts,
+            );
             return Ok(Forwarded {
                 response: Response::from_parts(head, empty()),
                 upstream_addr: peer,
@@ -404,16 +475,19 @@ pub async fn forward(
         }
 
         let (mut head, incoming) = response.into_parts();
+        let buffered = super::headers::buffering(&proxy, &head.headers);
         downstream_headers(settings, &mut head.headers, false);
+        super::headers::apply_upstream_response(header_policy, &proxy, &mut head.headers, &facts);
         let on_end = Some(state.pool.return_on_end(conn));
-        let body = UpstreamBody::new(
-            incoming,
-            settings.proxy_read_timeout,
-            on_end,
-            upstream_bytes.clone(),
-        );
+        let body = UpstreamBody::new(incoming, proxy.read_timeout, on_end, upstream_bytes.clone())
+            .boxed_unsync();
+        let body = if buffered {
+            super::headers::buffer_response(body)
+        } else {
+            body
+        };
         return Ok(Forwarded {
-            response: Response::from_parts(head, body.boxed_unsync()),
+            response: Response::from_parts(head, body),
             upstream_addr: peer,
             upstream_status: status.as_u16(),
             header_time,
@@ -464,22 +538,14 @@ fn connect_spec(
     }
 }
 
-/// Round robin, skipping endpoints this request already failed on when others remain.
-fn pick_endpoint(backend: &Backend, tried: &[SocketAddr]) -> Endpoint {
-    match &backend.kind {
-        BackendKind::ExternalName { host, port } => Endpoint::Name(Arc::from(host.as_str()), *port),
-        _ => {
-            let n = backend.endpoint_count();
-            let mut pick = backend.pick();
-            for _ in 0..n {
-                match pick {
-                    Some(addr) if tried.contains(&addr) => pick = backend.pick(),
-                    _ => break,
-                }
-            }
-            Endpoint::Addr(pick.expect("endpoint_count() > 0 was checked"))
-        }
-    }
+/// The balancer's choice (proxy/balance.rs: the request's [`super::balance::Selection`] in
+/// its extensions, else round robin), avoiding endpoints this request already failed on.
+fn pick_endpoint(
+    backend: &Backend,
+    tried: &[SocketAddr],
+    selection: Option<&super::balance::Selection>,
+) -> Endpoint {
+    super::balance::pick_endpoint(backend, tried, selection)
 }
 
 type SendResult = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>>;
@@ -489,12 +555,16 @@ type SendResult = Result<Response<Incoming>, hyper::client::conn::TrySendError<R
 async fn wait_for_response(
     send: impl std::future::Future<Output = SendResult>,
     progress: &BodyProgress,
-    settings: &Settings,
+    proxy: &ProxyPolicy,
     peer: SocketAddr,
 ) -> Result<Response<Incoming>, (ProxyError, Option<Request<ProxyBody>>)> {
     tokio::pin!(send);
     loop {
-        let deadline = progress.deadline(settings.proxy_send_timeout, settings.proxy_read_timeout);
+        // The body may be sent in full while this sleeps (moving the deadline to
+        // read_timeout after that): wake within read_timeout to look again.
+        let deadline = progress
+            .deadline(proxy.send_timeout, proxy.read_timeout)
+            .min(Instant::now() + proxy.read_timeout);
         tokio::select! {
             result = &mut send => {
                 return result.map_err(|mut e| {
@@ -504,7 +574,7 @@ async fn wait_for_response(
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();
-                if progress.deadline(settings.proxy_send_timeout, settings.proxy_read_timeout) <= now {
+                if progress.deadline(proxy.send_timeout, proxy.read_timeout) <= now {
                     let e = if progress.is_done() {
                         ProxyError::ReadTimeout { addr: peer }
                     } else {

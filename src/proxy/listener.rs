@@ -88,12 +88,27 @@ pub async fn serve(
         tokio::spawn(async move {
             let _guard = guard;
             match tls {
-                None => serve_connection(stream, peer, local, "http", &state, drain).await,
+                None => serve_connection(stream, peer, local, "http", None, &state, drain).await,
                 Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            serve_connection(stream, peer, local, "https", &state, drain).await
+                    // The configuration is chosen by SNI (client certificates per host).
+                    let accept = super::client_cert::accept(&tls, stream);
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok((mut stream, _)))
+                            if super::tls::is_acme_tls_alpn(stream.get_ref().1) =>
+                        {
+                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                        }
+                        Ok(Ok((stream, client_cert))) => {
+                            serve_connection(
+                                stream,
+                                peer,
+                                local,
+                                "https",
+                                client_cert,
+                                &state,
+                                drain,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
@@ -115,6 +130,7 @@ async fn serve_connection<I>(
     peer: SocketAddr,
     local: SocketAddr,
     scheme: &'static str,
+    client_cert: Option<Arc<super::client_cert::PeerCert>>,
     state: &Arc<ProxyState>,
     mut drain: watch::Receiver<bool>,
 ) where
@@ -125,6 +141,7 @@ async fn serve_connection<I>(
         peer,
         local,
         scheme,
+        client_cert,
         requests: Default::default(),
         activity: activity.clone(),
     });

@@ -3,15 +3,22 @@
 //! once per request; knows nothing of Kubernetes.
 
 pub mod access;
+pub mod acme;
+pub mod balance;
 pub mod body;
+pub mod client_cert;
 pub mod client_ip;
 pub mod compress;
 pub mod conn_timer;
+pub mod cors;
+pub mod custom_errors;
 pub mod error;
 pub mod forward;
+pub mod headers;
 pub mod limit;
 pub mod listener;
 pub mod request_body;
+pub mod rewrite;
 pub mod service;
 pub mod tls;
 pub mod upstream;
@@ -42,6 +49,13 @@ pub struct ProxyState {
     pub connections: Arc<Tracker>,
     /// Rate and connection limiter state, kept across snapshots.
     pub limits: Arc<limit::LimitRegistry>,
+    /// Round-robin positions and EWMA scores per backend, kept across snapshots.
+    pub balancers: balance::Balancers,
+    /// Pending ACME challenges, answered before routing (HTTP-01) and in the handshake
+    /// (TLS-ALPN-01).
+    pub acme_challenges: Arc<crate::acme::challenges::ChallengeBook>,
+    /// Answers of auth services kept by `auth-cache-key`, across snapshots.
+    pub auth_cache: Arc<crate::auth::AuthCache>,
 }
 
 impl ProxyState {
@@ -67,6 +81,9 @@ impl ProxyState {
             tunnels: Arc::new(Tracker::default()),
             connections: Arc::new(Tracker::default()),
             limits,
+            balancers: Default::default(),
+            acme_challenges: Arc::default(),
+            auth_cache: Arc::default(),
         }
     }
 

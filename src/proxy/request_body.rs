@@ -54,6 +54,7 @@ pub struct BodyVerdict(AtomicU8);
 
 const VERDICT_TOO_LARGE: u8 = 1;
 const VERDICT_TIMEOUT: u8 = 2;
+const VERDICT_BROKEN: u8 = 3;
 
 impl BodyVerdict {
     /// The status to answer when the body was cut by a limit or a timeout.
@@ -61,6 +62,8 @@ impl BodyVerdict {
         match self.0.load(Ordering::Relaxed) {
             VERDICT_TOO_LARGE => Some(StatusCode::PAYLOAD_TOO_LARGE),
             VERDICT_TIMEOUT => Some(StatusCode::REQUEST_TIMEOUT),
+            // A malformed chunked body or a client gone mid-body: nginx's 400, not a 502.
+            VERDICT_BROKEN => Some(StatusCode::BAD_REQUEST),
             _ => None,
         }
     }
@@ -155,6 +158,7 @@ impl Body for ClientBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.waiting = false;
+                this.verdict.0.store(VERDICT_BROKEN, Ordering::Relaxed);
                 Poll::Ready(Some(Err(Box::new(ClientBodyError::Read(e)))))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -364,6 +368,21 @@ pub fn reject_early(
     parts_uri: &http::Uri,
     headers: &http::HeaderMap,
 ) -> Option<StatusCode> {
+    // nginx takes `Transfer-Encoding: chunked` alone: another coding is 501, a repeated
+    // header 400 (hyper accepts any list that ends in chunked, e.g. `gzip, chunked`).
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    if let Some(coding) = codings.next() {
+        if codings.next().is_some() {
+            return Some(StatusCode::BAD_REQUEST);
+        }
+        if !coding
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked")
+        {
+            return Some(StatusCode::NOT_IMPLEMENTED);
+        }
+    }
     let line_limit = settings.large_client_header_buffers.1;
     if parts_uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > line_limit {
         return Some(StatusCode::URI_TOO_LONG);

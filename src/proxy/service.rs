@@ -17,7 +17,7 @@ use super::client_ip::client_ip;
 use super::compress::{compress_response, ClientAccepts};
 use super::conn_timer::{ConnActivity, RequestGuard};
 use super::error::{add_slash_redirect, error_response, Refusal};
-use super::forward::{forward, ForwardContext};
+use super::forward::{forward_route, ForwardContext};
 use super::request_body::{
     buffer_body, discard, limit_body, reject_early, BodyVerdict, RequestBody,
 };
@@ -38,6 +38,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// The client certificate the TLS handshake established (`auth-tls-*` hosts only).
+    pub client_cert: Option<Arc<super::client_cert::PeerCert>>,
     /// Requests served on this connection so far (for keep-alive-requests).
     pub requests: AtomicU64,
     /// Requests in flight, for the connection's header and keep-alive timers.
@@ -119,6 +121,8 @@ struct Completion {
     _in_flight_metric: InFlight,
     /// Keeps the request counted against `limit-connections` until the body ends.
     _conn_guard: Option<super::limit::ConnGuard>,
+    /// The canary upstream that served the request (the `canary` metrics label).
+    canary: Option<Arc<str>>,
 }
 
 impl OnResponseEnd for Completion {
@@ -143,7 +147,7 @@ impl OnResponseEnd for Completion {
         let metrics = &self.state.metrics;
         let labels = &self.snapshot.route(self.route_id).labels;
         match self.snapshot.metric_series.route(self.route_id) {
-            Some(series) => metrics.observe(series, labels, &sample),
+            Some(series) => metrics.observe_canary(series, labels, self.canary.as_ref(), &sample),
             // A snapshot the publisher did not prepare (never published).
             None => metrics.observe(&metrics.route_series(labels), labels, &sample),
         }
@@ -164,6 +168,10 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    // ACME HTTP-01 comes before everything a route could impose (redirect, limits, auth).
+    if let Some(answer) = super::acme::answer_http01(&state.acme_challenges, &req) {
+        return Ok(answer);
+    }
     let started = Instant::now();
     let in_flight = conn.activity.request_started();
     let in_flight_metric = state.metrics.request_started();
@@ -243,6 +251,7 @@ pub async fn handle(
     let mut upstream_addr = None;
     let mut upstream_status = None;
     let mut upstream = None;
+    let mut canary = None;
     let redirect = route
         .policy
         .https_redirect
@@ -255,6 +264,43 @@ pub async fn handle(
         RouteMatch::AddSlash(_) => None,
     };
     let accepts = ClientAccepts::from_request(&settings, &method, version, req.headers());
+    // Client certificates (auth-tls-*) are refused before any phase, as nginx's 495/496;
+    // plain HTTP that is redirected to HTTPS is checked there.
+    let cert_policy = route
+        .policy
+        .client_cert
+        .as_deref()
+        .filter(|_| conn.scheme == "https" || redirect.is_none());
+    let cert_answer = cert_policy
+        .and_then(|policy| super::client_cert::check(policy, conn.client_cert.as_deref()));
+    // Rewrite phase: the server's own answers (from-to-www, app-root) before any location,
+    // then the location's permanent/temporal redirect (proxy/rewrite.rs).
+    let server_answer = cert_answer
+        .or_else(|| {
+            super::rewrite::server_redirect(vhost, conn.scheme, &ctx.scheme, host_str, req.uri())
+        })
+        .filter(|_| early.is_none());
+    let server_answered = server_answer.is_some();
+    let mut local_answer = match matched {
+        RouteMatch::Route(_) if early.is_none() && server_answer.is_none() => {
+            super::rewrite::location_redirect(route.policy.rewrite.as_deref())
+        }
+        _ => server_answer,
+    };
+    // CORS (rewrite phase: its preflight answer comes before limits, access and redirect)
+    // and the custom error pages of the location.
+    let on_route = matches!(matched, RouteMatch::Route(_));
+    let cors = route.policy.cors.as_deref().filter(|_| on_route);
+    let cors_origin = super::cors::allow_origin(cors, req.headers());
+    let mut preflight = match (cors, &cors_origin) {
+        (Some(cors), Some(origin)) if early.is_none() && !server_answered => {
+            super::cors::preflight(cors, &method, origin)
+        }
+        _ => None,
+    };
+    let error_policy = route.policy.errors.as_deref().filter(|_| on_route);
+    let error_request = super::custom_errors::capture(error_policy, &req);
+    let mut from_upstream = false;
     let verdict = Arc::new(BodyVerdict::default());
     let (parts, body) = req.into_parts();
     let body = if early.is_some() {
@@ -266,22 +312,50 @@ pub async fn handle(
     } else {
         limit_body(body, &settings, &route.policy, &verdict)
     };
-    let req = Request::from_parts(parts, body);
+    let mut req = Request::from_parts(parts, body);
     let mut conn_guard = None;
     let refusal = match &matched {
-        RouteMatch::Route(_) if early.is_none() => admit(
-            &state,
-            &route.policy,
-            client,
-            req.headers(),
-            redirect.is_some(),
-        )
-        .map(|guard| conn_guard = guard)
-        .err(),
+        RouteMatch::Route(_) if early.is_none() && preflight.is_none() && !server_answered => {
+            admit(
+                &state,
+                &route.policy,
+                client,
+                req.headers(),
+                redirect.is_some() || local_answer.is_some(),
+            )
+            .map(|guard| conn_guard = guard)
+            .err()
+        }
         _ => None,
+    };
+    // Authentication: nginx's access phase, after the address lists and limits.
+    let (mut auth_denied, auth_admitted) = match (&route.policy.auth, &matched) {
+        (Some(auth), RouteMatch::Route(_))
+            if early.is_none()
+                && preflight.is_none()
+                && refusal.is_none()
+                && redirect.is_none()
+                && local_answer.is_none() =>
+        {
+            let scope = format!("{}{}", route.labels.host, route.labels.path);
+            let from = crate::auth::AuthRequest {
+                forward: &ctx,
+                scheme: conn.scheme,
+                server_port: conn.local.port(),
+                cache_scope: &scope,
+            };
+            let cache = &state.auth_cache;
+            match crate::auth::authorize(auth, cache, &settings, &mut req, &from).await {
+                Ok(admitted) => (None, Some(admitted)),
+                Err(response) => (Some(response), None),
+            }
+        }
+        _ => (None, None),
     };
     let mut response = match (&matched, &route.target) {
         _ if early.is_some() => close_after(error_response(early.expect("checked by the guard"))),
+        _ if auth_denied.is_some() => auth_denied.take().expect("checked by the guard"),
+        _ if preflight.is_some() => preflight.take().expect("checked by the guard"),
         _ if refusal.is_some() => {
             let refusal = refusal.as_ref().expect("checked by the guard");
             state.metrics.refused(refusal_reason(refusal));
@@ -292,6 +366,7 @@ pub async fn handle(
             );
             error_response(refusal.status())
         }
+        _ if local_answer.is_some() => local_answer.take().expect("checked by the guard"),
         (RouteMatch::Route(_), _) if redirect.is_some() => {
             let redirect = redirect.expect("checked by the guard");
             https_redirect(redirect, &ctx.best_host, req.uri())
@@ -308,9 +383,25 @@ pub async fn handle(
         }
         (RouteMatch::Route(_), Target::NotFound) => error_response(StatusCode::NOT_FOUND),
         (RouteMatch::Route(_), Target::Backend(id)) => 'backend: {
-            let backend = snapshot.backend(*id).clone();
-            upstream = Some(backend.clone());
-            let (parts, body) = req.into_parts();
+            let facts = super::balance::RequestFacts::of(&req, client, conn.scheme == "https");
+            let selection = super::balance::select(
+                &state.balancers,
+                &snapshot,
+                route,
+                snapshot.backend(*id),
+                &facts,
+            );
+            canary = selection.canary.clone();
+            let backend = selection.backend.clone();
+            // `$proxy_upstream_name` stays the location's own backend, as in ingress-nginx.
+            upstream = Some(snapshot.backend(*id).clone());
+            let (mut parts, body) = req.into_parts();
+            parts.extensions.insert(selection.clone());
+            super::rewrite::rewrite_request(route.policy.rewrite.as_deref(), &mut parts);
+            if let Some(policy) = &route.policy.client_cert {
+                let peer = conn.client_cert.as_deref();
+                super::client_cert::upstream_headers(policy, peer, &mut parts.headers);
+            }
             let req = match buffer_body(body, &route.policy).await {
                 Ok(body) => Request::from_parts(parts, body),
                 Err(e) => {
@@ -319,23 +410,18 @@ pub async fn handle(
                 }
             };
             let forwarding = Instant::now();
-            match forward(
-                &state,
-                &settings,
-                &backend,
-                req,
-                &ctx,
-                &route.policy.upstream,
-            )
-            .await
-            {
+            match forward_route(&state, &settings, &backend, req, &ctx, &route.policy).await {
                 Ok(forwarded) => {
                     upstream_times =
                         Some((forwarding, forwarded.connect_time, forwarded.header_time));
                     upstream_bytes = Some(forwarded.upstream_bytes);
                     upstream_addr = Some(forwarded.upstream_addr);
                     upstream_status = Some(forwarded.upstream_status);
-                    compress_response(&settings, &accepts, forwarded.response)
+                    from_upstream = true;
+                    selection.observe(forwarded.upstream_addr, forwarded.header_time);
+                    let mut response = compress_response(&settings, &accepts, forwarded.response);
+                    selection.finish(response.headers_mut());
+                    response
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -344,6 +430,9 @@ pub async fn handle(
                         "{e}"
                     );
                     upstream_addr = e.upstream_addr();
+                    if let Some(addr) = upstream_addr {
+                        selection.observe_failure(addr);
+                    }
                     if e.upstream_addr().is_some() {
                         upstream_status = Some(e.status().as_u16());
                     }
@@ -358,6 +447,38 @@ pub async fn handle(
         }
     };
 
+    let mut error_page = false;
+    if let (Some(policy), Some(original)) = (error_policy, error_request) {
+        let status = response.status();
+        if super::custom_errors::intercepts(policy, status, from_upstream) {
+            error_page = true;
+            let close = response.headers().get(header::CONNECTION)
+                == Some(&HeaderValue::from_static("close"));
+            response = super::custom_errors::replace(
+                &state,
+                &settings,
+                &snapshot,
+                policy,
+                &route.labels,
+                original,
+                status,
+                &ctx,
+            )
+            .await;
+            if close {
+                response = close_after(response);
+            }
+        }
+    }
+    // An error page comes from nginx's @custom location, which sets no CORS headers.
+    if let (Some(cors), Some(origin), false) = (cors, &cors_origin, error_page) {
+        super::cors::set_headers(cors, origin, response.headers_mut());
+    }
+    if let Some(admitted) = &auth_admitted {
+        crate::auth::set_cookies(admitted, &mut response);
+    }
+    // custom-headers / add-headers: every response of the location, whatever its status.
+    super::headers::apply_response(route.policy.headers.as_deref(), response.headers_mut());
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A tunnel now: proxy-read-timeout governs it, not the keep-alive timer.
         conn.activity.upgraded();
@@ -388,6 +509,7 @@ pub async fn handle(
     let log = log.map(|mut record| {
         record.status = status.as_u16();
         record.upstream = upstream;
+        record.alternative_upstream = canary.clone();
         record.upstream_addr = upstream_addr;
         record.upstream_status = upstream_status;
         record.request_length = request_length;
@@ -407,6 +529,7 @@ pub async fn handle(
         log,
         upstream_bytes,
         _conn_guard: conn_guard,
+        canary,
         _in_flight: in_flight,
         _in_flight_metric: in_flight_metric,
     };
@@ -499,6 +622,7 @@ fn access_record(
         request_length: 0,
         request_time: Duration::ZERO,
         upstream: None,
+        alternative_upstream: None,
         upstream_addr: None,
         upstream_response_length: None,
         upstream_response_time: None,

@@ -13,8 +13,25 @@ use rustls::server::{
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
+use crate::acme::challenges::{ChallengeBook, ACME_TLS_ALPN};
 use crate::settings::Settings;
 use crate::snapshot::Snapshot;
+
+/// The TLS-ALPN-01 certificate when the client offers `acme-tls/1` for a domain with a
+/// pending challenge.
+fn acme_tls_alpn01(acme: &ChallengeBook, hello: &ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    let mut offered = hello.alpn()?;
+    if !offered.any(|p| p == ACME_TLS_ALPN) {
+        return None;
+    }
+    acme.tls_alpn01(hello.server_name()?)
+}
+
+/// Whether the handshake negotiated `acme-tls/1`: a TLS-ALPN-01 validation, which carries no
+/// application data (RFC 8737 §4), so the connection is closed.
+pub fn is_acme_tls_alpn(conn: &rustls::ServerConnection) -> bool {
+    conn.alpn_protocol() == Some(ACME_TLS_ALPN)
+}
 
 /// OpenSSL cipher names (as `ssl-ciphers` takes them) to rustls's TLS 1.2 suites. DHE and
 /// CBC suites have no rustls implementation.
@@ -63,10 +80,15 @@ pub fn fake_certificate() -> Result<Arc<CertifiedKey>, rcgen::Error> {
 pub struct SniResolver {
     live: Arc<ArcSwap<Snapshot>>,
     fake: Arc<CertifiedKey>,
+    acme: Arc<ChallengeBook>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // TLS-ALPN-01 (RFC 8737): only an ACME validator offers `acme-tls/1`.
+        if let Some(key) = acme_tls_alpn01(&self.acme, &hello) {
+            return Some(key);
+        }
         let snapshot = self.live.load();
         Some(
             snapshot
@@ -102,6 +124,8 @@ pub struct TlsContext {
     key: Mutex<ConfigKey>,
     resolver: Arc<SniResolver>,
     sessions: Arc<dyn StoresServerSessions>,
+    /// Configurations that ask for a client certificate, by `ClientCertPolicy::id`.
+    client_auth: Mutex<std::collections::HashMap<u64, Arc<ServerConfig>>>,
 }
 
 impl std::fmt::Debug for TlsContext {
@@ -115,12 +139,22 @@ const SESSION_CACHE: usize = 20_000;
 
 impl TlsContext {
     pub fn new(live: Arc<ArcSwap<Snapshot>>, fake: Arc<CertifiedKey>) -> TlsContext {
+        TlsContext::with_acme(live, fake, Arc::default())
+    }
+
+    /// As [`TlsContext::new`], answering TLS-ALPN-01 from `acme` (`ProxyState::acme_challenges`).
+    pub fn with_acme(
+        live: Arc<ArcSwap<Snapshot>>,
+        fake: Arc<CertifiedKey>,
+        acme: Arc<ChallengeBook>,
+    ) -> TlsContext {
         let settings = live.load().settings.clone();
-        let resolver = Arc::new(SniResolver { live, fake });
+        let resolver = Arc::new(SniResolver { live, fake, acme });
         let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
         let key = ConfigKey::of(&settings);
-        let config = build_config(&key, resolver.clone(), sessions.clone());
+        let config = build_config(&key, resolver.clone(), sessions.clone(), None);
         TlsContext {
+            client_auth: Mutex::default(),
             config: ArcSwap::from_pointee(config),
             key: Mutex::new(key),
             resolver,
@@ -134,6 +168,51 @@ impl TlsContext {
     }
 
     /// Apply new settings; connections already open keep the configuration they started with.
+    /// The configuration for a handshake naming `server_name`: one that asks for a client
+    /// certificate when the host's `auth-tls-verify-client` is not `off` (with that policy).
+    pub fn config_for(
+        &self,
+        server_name: Option<&str>,
+    ) -> (
+        Arc<ServerConfig>,
+        Option<Arc<crate::snapshot::client_cert::ClientCertPolicy>>,
+    ) {
+        let snapshot = self.resolver.live.load();
+        let Some(policy) = snapshot
+            .tls
+            .client_auth
+            .resolve(server_name)
+            .filter(|p| p.verify != crate::snapshot::client_cert::VerifyClient::Off)
+            .cloned()
+        else {
+            return (self.config(), None);
+        };
+        // Never hold both locks (update takes them in the other order).
+        let Some(key) = self.key.lock().ok().map(|k| k.clone()) else {
+            return (self.config(), None);
+        };
+        let Ok(mut cache) = self.client_auth.lock() else {
+            return (self.config(), None);
+        };
+        if let Some(config) = cache.get(&policy.id) {
+            return (config.clone(), Some(policy));
+        }
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        let verifier = Arc::new(super::client_cert::HandshakeVerifier::new(&policy));
+        // Own session cache: a session resumed here carries a certificate checked for it.
+        let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(1024);
+        let config = Arc::new(build_config(
+            &key,
+            self.resolver.clone(),
+            sessions,
+            Some(verifier),
+        ));
+        cache.insert(policy.id, config.clone());
+        (config, Some(policy))
+    }
+
     pub fn update(&self, settings: &Settings) {
         let key = ConfigKey::of(settings);
         let Ok(mut current) = self.key.lock() else {
@@ -142,8 +221,11 @@ impl TlsContext {
         if *current == key {
             return;
         }
-        let config = build_config(&key, self.resolver.clone(), self.sessions.clone());
+        let config = build_config(&key, self.resolver.clone(), self.sessions.clone(), None);
         self.config.store(Arc::new(config));
+        if let Ok(mut client_auth) = self.client_auth.lock() {
+            client_auth.clear();
+        }
         *current = key;
     }
 }
@@ -152,6 +234,7 @@ fn build_config(
     key: &ConfigKey,
     resolver: Arc<SniResolver>,
     sessions: Arc<dyn StoresServerSessions>,
+    client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> ServerConfig {
     let base = rustls::crypto::ring::default_provider();
     let wanted: Vec<rustls::CipherSuite> = key
@@ -206,7 +289,9 @@ fn build_config(
                 .with_safe_default_protocol_versions()
                 .expect("ring's defaults are consistent")
         })
-        .with_no_client_auth()
+        .with_client_cert_verifier(
+            client_auth.unwrap_or_else(rustls::server::WebPkiClientVerifier::no_client_auth),
+        )
         .with_cert_resolver(resolver);
     config.session_storage = sessions;
     config.ignore_client_order = true;
@@ -215,6 +300,8 @@ fn build_config(
     } else {
         vec![b"http/1.1".to_vec()]
     };
+    // First, so a client offering it gets it: the listener then closes after the handshake.
+    config.alpn_protocols.insert(0, ACME_TLS_ALPN.to_vec());
     config
 }
 

@@ -4,6 +4,10 @@
 
 pub mod access;
 pub mod backend;
+pub mod client_cert;
+pub mod cors;
+pub mod errors;
+pub mod proxy_policy;
 pub mod route;
 pub mod tls;
 
@@ -77,6 +81,44 @@ pub struct RoutePolicy {
     pub limits: Option<Arc<access::LimitPolicy>>,
     /// `enable-access-log: "false"`: no access log line for this location.
     pub no_access_log: bool,
+    /// Basic and external authentication (`auth-*`, `global-auth-*`); `None` when none applies.
+    pub auth: Option<Arc<crate::auth::AuthPolicy>>,
+    /// Rewrites and redirects of the location (`rewrite-target`, `permanent-redirect`,
+    /// `temporal-redirect`, `x-forwarded-prefix`, `upstream-vhost`); `None` when none applies.
+    pub rewrite: Option<Arc<route::RewritePolicy>>,
+    /// Headers set on the request to the upstream and on the response, and response headers
+    /// hidden; `None` when nothing applies. Filled by `translate::proxy_settings` (and snippets).
+    pub headers: Option<Arc<HeaderPolicy>>,
+    /// Timeouts, retries, HTTP version, buffering, redirect and cookie rewriting towards the
+    /// upstream (`proxy-*` annotations); `None` means the ConfigMap's values.
+    pub proxy: Option<Arc<proxy_policy::ProxyPolicy>>,
+    /// `enable-cors` and `cors-*`; `None` when CORS is off.
+    pub cors: Option<Arc<cors::CorsPolicy>>,
+    /// `load-balance`, `upstream-hash-by`, `affinity`; `None`: the ConfigMap's
+    /// `load-balance`.
+    pub balance: Option<backend::Balance>,
+    /// The canary Ingress attached to this location; `None` without one.
+    pub canary: Option<Arc<backend::Canary>>,
+    /// `custom-http-errors` and its error backend; `None` when no status is intercepted.
+    pub errors: Option<Arc<errors::ErrorPolicy>>,
+    /// Client-certificate authentication of the server (`auth-tls-*`, from the first
+    /// Ingress of the host that sets it); `None` when the server asks for none.
+    pub client_cert: Option<Arc<client_cert::ClientCertPolicy>>,
+}
+
+/// Request and response header edits of a location (`proxy-set-headers`, `custom-headers`,
+/// `add-headers`, `hide-headers`, translated snippets).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderPolicy {
+    /// Set (replace) on the request to the upstream, in order. An empty value removes the
+    /// header (nginx never sends a `proxy_set_header` whose value is empty).
+    pub request_set: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// As `request_set`, for values with nginx variables, rendered per request.
+    pub request_templates: Vec<(http::HeaderName, proxy_policy::Template)>,
+    /// Set (replace) on the response to the client, in order.
+    pub response_set: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Removed from the upstream's response.
+    pub response_hide: Vec<http::HeaderName>,
 }
 
 /// The protocol to the upstream: HTTP/1.1 or HTTP/2 (gRPC), over TCP or TLS.
@@ -203,7 +245,21 @@ impl Snapshot {
             for (path, route) in vhost.prefixes() {
                 let _ = writeln!(out, "  {path} -> {}", self.describe_route(route));
             }
+            for (path, route) in vhost.regexes() {
+                let _ = writeln!(out, "  ~* ^{path} -> {}", self.describe_route(route));
+            }
+            if let Some((to, code)) = &vhost.redirect_to_host {
+                let _ = writeln!(out, "  redirect {code} to host {to}");
+            }
+            if let Some(root) = &vhost.app_root {
+                let _ = writeln!(out, "  app-root {root}");
+            }
             let _ = writeln!(out, "  fallback -> {}", self.describe_route(vhost.fallback));
+        }
+        let mut aliases: Vec<(&str, &str)> = self.router.aliases().collect();
+        aliases.sort();
+        for (alias, host) in aliases {
+            let _ = writeln!(out, "alias {alias} -> server {host}");
         }
         let mut certs: Vec<String> = self
             .tls

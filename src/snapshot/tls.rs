@@ -39,6 +39,8 @@ pub struct TlsTable {
     wildcard: HashMap<Box<str>, CertEntry>,
     /// `--default-ssl-certificate`, when it is valid.
     pub default: Option<CertEntry>,
+    /// Hosts that ask for a client certificate (`auth-tls-*`).
+    pub client_auth: super::client_cert::ClientAuthTable,
 }
 
 impl TlsTable {

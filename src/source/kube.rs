@@ -208,12 +208,16 @@ pub async fn run(client: Client, scope: Scope, events: mpsc::Sender<StoreEvent>)
     // referenced name, or a relist on every new reference, would cost far more than
     // dropping unreferenced events on arrival (see `secret_refs`). The one exclusion is
     // Helm's release records: the bulk of Secret bytes in most clusters (a compressed copy
-    // of every revision), holding only a `release` key no Ingress can use. A Secret's type
-    // is immutable, so no Secret ever moves in or out of this selection.
+    // of every revision), holding only a `release` key no Ingress can use; and Sluice's own
+    // ACME challenge Secrets (acme::challenges watches those). A Secret's type is immutable,
+    // so no Secret ever moves in or out of this selection.
     tasks.spawn(watch_kind::<Secret>(
         Kind::Secret,
         api_in(client.clone(), ns),
-        watcher::Config::default().fields("type!=helm.sh/release.v1"),
+        watcher::Config::default().fields(&format!(
+            "type!=helm.sh/release.v1,type!={}",
+            crate::acme::challenges::CHALLENGE_SECRET_TYPE
+        )),
         Some(ns_rx.clone()),
         tx.clone(),
         |o| trim_secret(o).map(|s| Object::Secret(Arc::new(s))),
@@ -251,6 +255,13 @@ pub async fn run(client: Client, scope: Scope, events: mpsc::Sender<StoreEvent>)
         .collect();
     let (mut gate, mut fetched) =
         super::secret_refs::SecretGate::new(fixed, Some((client.clone(), in_scope)));
+    // Referenced ConfigMaps (custom-headers, proxy-set-headers, ...) get a watch each.
+    let controller_cm = scope
+        .configmap
+        .as_ref()
+        .map(|c| (c.namespace.clone(), c.name.clone()));
+    let (mut cm_refs, mut cm_watched) =
+        super::configmap_refs::ConfigMapRefs::new(controller_cm, Some(client.clone()));
 
     // Hold everything back until each kind has been listed once.
     let mut synced: HashSet<Kind> = HashSet::new();
@@ -269,6 +280,12 @@ pub async fn run(client: Client, scope: Scope, events: mpsc::Sender<StoreEvent>)
                 }
                 continue;
             }
+            Some(event) = cm_watched.recv() => {
+                if cm_refs.admit(&event) && events.send(event).await.is_err() {
+                    break;
+                }
+                continue;
+            }
         };
         if synced.len() < kinds.len() {
             if matches!(event, StoreEvent::ReplaceKind(..)) {
@@ -277,7 +294,12 @@ pub async fn run(client: Client, scope: Scope, events: mpsc::Sender<StoreEvent>)
             pending.push(event);
             if synced.len() == kinds.len() {
                 tracing::info!("initial list of every watched kind received from the API server");
-                for event in gate.initial(std::mem::take(&mut pending)) {
+                let initial: Vec<StoreEvent> = gate
+                    .initial(std::mem::take(&mut pending))
+                    .into_iter()
+                    .flat_map(|event| cm_refs.handle(event))
+                    .collect();
+                for event in cm_refs.prefetch().await.into_iter().chain(initial) {
                     if events.send(event).await.is_err() {
                         return;
                     }
@@ -286,7 +308,11 @@ pub async fn run(client: Client, scope: Scope, events: mpsc::Sender<StoreEvent>)
             }
             continue;
         }
-        for event in gate.handle(event) {
+        for event in gate
+            .handle(event)
+            .into_iter()
+            .flat_map(|e| cm_refs.handle(e))
+        {
             if events.send(event).await.is_err() {
                 tasks.abort_all();
                 return;
@@ -598,7 +624,10 @@ pub fn trim_secret(mut o: Secret) -> Option<Secret> {
     }
     o.string_data = None;
     let mut data = o.data.take()?;
-    data.retain(|k, _| SECRET_KEYS.contains(&k.as_str()));
+    // An `auth-map` Secret's keys are user names: keep the values that are password hashes.
+    data.retain(|k, v| {
+        SECRET_KEYS.contains(&k.as_str()) || crate::auth::htpasswd::looks_like_hash(&v.0)
+    });
     if data.is_empty() {
         return None;
     }
@@ -633,6 +662,13 @@ mod tests {
         assert!(tls.metadata.annotations.is_none());
         assert!(trim_secret(secret(&["token", "ca"])).is_none());
         assert!(trim_secret(secret(&["auth"])).is_some());
+        let mut map = secret(&["token"]);
+        map.data.as_mut().unwrap().insert(
+            "alice".into(),
+            ByteString(b"{SHA}/vNB+F2HQ559kaLUZbmHHvZrXpg=".to_vec()),
+        );
+        let kept = trim_secret(map).expect("auth-map users kept").data.unwrap();
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["alice"]);
     }
 
     #[test]

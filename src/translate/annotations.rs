@@ -20,6 +20,37 @@ pub const IMPLEMENTED: &[&str] = &[
     "client-body-buffer-size",
     "proxy-request-buffering",
     "enable-access-log",
+    // Rewrites, redirects, regex paths (translate/rewrite.rs).
+    "rewrite-target",
+    "use-regex",
+    "app-root",
+    "permanent-redirect",
+    "permanent-redirect-code",
+    "temporal-redirect",
+    "temporal-redirect-code",
+    "from-to-www-redirect",
+    "server-alias",
+    "x-forwarded-prefix",
+    "upstream-vhost",
+    // Snippets: never executed, header directives translated (translate/snippets.rs).
+    "configuration-snippet",
+    "server-snippet",
+    // Authentication (translate/auth.rs; the same list as auth::ANNOTATIONS).
+    "auth-type",
+    "auth-secret",
+    "auth-secret-type",
+    "auth-realm",
+    "auth-url",
+    "auth-method",
+    "auth-signin",
+    "auth-signin-redirect-param",
+    "auth-response-headers",
+    "auth-request-redirect",
+    "auth-proxy-set-headers",
+    "auth-cache-key",
+    "auth-cache-duration",
+    "auth-always-set-cookie",
+    "enable-global-auth",
     // Traffic policy (translate/traffic.rs).
     "whitelist-source-range",
     "allowlist-source-range",
@@ -30,6 +61,65 @@ pub const IMPLEMENTED: &[&str] = &[
     "limit-burst-multiplier",
     "limit-whitelist",
     "limit-allowlist",
+    // CORS (translate/cors.rs).
+    "enable-cors",
+    "cors-allow-origin",
+    "cors-allow-methods",
+    "cors-allow-headers",
+    "cors-expose-headers",
+    "cors-allow-credentials",
+    "cors-max-age",
+    // Error pages (translate/custom_errors.rs).
+    "custom-http-errors",
+    "default-backend",
+    "disable-proxy-intercept-errors",
+    // Client certificates, per server (translate/client_cert.rs).
+    "auth-tls-secret",
+    "auth-tls-verify-client",
+    "auth-tls-verify-depth",
+    "auth-tls-error-page",
+    "auth-tls-pass-certificate-to-upstream",
+    "auth-tls-match-cn",
+    // Load balancing, affinity, canary (translate/canary.rs).
+    "load-balance",
+    "upstream-hash-by",
+    "upstream-hash-by-subset",
+    "upstream-hash-by-subset-size",
+    "affinity",
+    "affinity-mode",
+    "affinity-canary-behavior",
+    "session-cookie-name",
+    "session-cookie-path",
+    "session-cookie-domain",
+    "session-cookie-samesite",
+    "session-cookie-conditional-samesite-none",
+    "session-cookie-expires",
+    "session-cookie-max-age",
+    "session-cookie-secure",
+    "session-cookie-change-on-failure",
+    "canary",
+    "canary-by-header",
+    "canary-by-header-value",
+    "canary-by-header-pattern",
+    "canary-by-cookie",
+    "canary-weight",
+    "canary-weight-total",
+    // Proxy settings and headers (translate/proxy_settings.rs).
+    "proxy-connect-timeout",
+    "proxy-read-timeout",
+    "proxy-send-timeout",
+    "proxy-next-upstream",
+    "proxy-next-upstream-tries",
+    "proxy-next-upstream-timeout",
+    "proxy-buffering",
+    "proxy-http-version",
+    "proxy-redirect-from",
+    "proxy-redirect-to",
+    "proxy-cookie-domain",
+    "proxy-cookie-path",
+    "connection-proxy-header",
+    "service-upstream",
+    "custom-headers",
 ];
 
 /// Per-Ingress settings from annotations; `None` means "the ConfigMap's value".
@@ -47,6 +137,8 @@ pub struct IngressAnnotations {
     pub proxy_request_buffering: Option<bool>,
     /// `enable-access-log`: `false` writes no access log line for this Ingress.
     pub enable_access_log: Option<bool>,
+    /// Rewrites, redirects and regex paths (translate/rewrite.rs).
+    pub rewrite: super::rewrite::RewriteAnnotations,
 }
 
 /// An annotation parsed with `parse`; a bad value is reported and `None` returned.
@@ -137,6 +229,7 @@ pub fn parse(
             &mut diags,
         ),
         enable_access_log: bool_annotation(annotations, "enable-access-log", object, &mut diags),
+        rewrite: super::rewrite::parse(annotations, object, &mut diags),
     };
     for key in annotations.keys() {
         if let Some(name) = key.strip_prefix(PREFIX) {
@@ -145,7 +238,7 @@ pub fn parse(
                 diags.push(Diagnostic::warning(
                     object.clone(),
                     format!("metadata.annotations[{key}]"),
-                    format!("annotation {name} is not implemented in this Sluice version; ignored"),
+                    crate::compat::annotation_warning(name),
                 ));
             }
         }

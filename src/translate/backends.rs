@@ -37,6 +37,8 @@ pub struct Backends<'a> {
     store: &'a Store,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     index: HashMap<(String, String, PortRef), BackendId>,
+    /// Backends of `service-upstream` locations (the ClusterIP), apart from the others.
+    cluster_index: HashMap<(String, String, PortRef), BackendId>,
     pub list: Vec<Arc<Backend>>,
 }
 
@@ -60,6 +62,7 @@ impl<'a> Backends<'a> {
             store,
             slices,
             index: HashMap::new(),
+            cluster_index: HashMap::new(),
             list: Vec::new(),
         }
     }
@@ -92,6 +95,60 @@ impl<'a> Backends<'a> {
         )));
         self.index.insert(key, id);
         (id, problem)
+    }
+
+    /// `service-upstream`: the Service's ClusterIP and port as the only endpoint (kube-proxy
+    /// balances behind it, so there is no other endpoint to retry). ExternalName Services
+    /// and missing ports resolve as usual; a headless Service uses its endpoints, with a
+    /// problem to report.
+    pub fn resolve_cluster_ip(
+        &mut self,
+        namespace: &str,
+        service: &str,
+        port: &PortRef,
+    ) -> (BackendId, Option<String>) {
+        let Some(spec) = self
+            .service(namespace, service)
+            .and_then(|s| s.spec.as_ref())
+        else {
+            return self.resolve(namespace, service, port);
+        };
+        let service_port = spec
+            .ports
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .find(|p| match port {
+                PortRef::Number(n) => p.port == *n,
+                PortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
+            });
+        let ip = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok());
+        let (Some(service_port), false) =
+            (service_port, spec.type_.as_deref() == Some("ExternalName"))
+        else {
+            return self.resolve(namespace, service, port);
+        };
+        let (Some(ip), Ok(number)) = (ip, u16::try_from(service_port.port)) else {
+            let (id, problem) = self.resolve(namespace, service, port);
+            let headless = format!("service-upstream: Service {namespace}/{service} has no ClusterIP; using its endpoints");
+            return (id, Some(problem.unwrap_or(headless)));
+        };
+        let key = (namespace.to_string(), service.to_string(), port.clone());
+        if let Some(id) = self.cluster_index.get(&key) {
+            return (*id, None);
+        }
+        let id = self.list.len() as BackendId;
+        self.list.push(Arc::new(Backend::new(
+            namespace,
+            service,
+            &port.to_string(),
+            BackendKind::Endpoints(vec![SocketAddr::new(ip, number)]),
+        )));
+        self.cluster_index.insert(key, id);
+        (id, None)
     }
 
     fn missing_reason(&self, namespace: &str, service: &str, port: &PortRef) -> String {

@@ -3,10 +3,18 @@
 //! diagnostic and is skipped; it never stops the rest of the configuration.
 
 pub mod annotations;
+pub mod auth;
 pub mod backend_protocol;
 pub mod backends;
+pub mod canary;
 pub mod class;
+pub mod client_cert;
+pub mod cors;
+pub mod custom_errors;
 pub mod policy;
+pub mod proxy_settings;
+pub mod rewrite;
+pub mod snippets;
 pub mod tls;
 pub mod traffic;
 
@@ -43,6 +51,8 @@ pub struct TranslateOptions {
     pub https_port: u16,
     /// `--internal-ca`: TLS hosts without a Secret get one from the internal CA.
     pub internal_ca: bool,
+    /// `--acme-directory` set: TLS hosts without a Secret get one from the ACME CA.
+    pub acme: bool,
 }
 
 impl From<&Cli> for TranslateOptions {
@@ -58,6 +68,7 @@ impl From<&Cli> for TranslateOptions {
             default_ssl_certificate: cli.default_ssl_certificate.clone(),
             https_port: cli.https_port,
             internal_ca: cli.internal_ca,
+            acme: cli.acme_directory.is_some(),
         }
     }
 }
@@ -71,6 +82,8 @@ pub struct Translation {
     pub served_ingresses: Vec<String>,
     /// Certificates the internal CA should issue (with `--internal-ca`).
     pub cert_requests: Vec<crate::internal_ca::CertRequest>,
+    /// Certificates the ACME client should obtain (with `--acme-directory`).
+    pub acme_requests: Vec<crate::acme::AcmeRequest>,
     /// Served Ingresses with a backend that cannot answer, for the `orphan_ingress` metric:
     /// (namespace, name, `no-service` or `no-endpoint`), sorted and deduplicated.
     pub orphans: Vec<(String, String, &'static str)>,
@@ -88,6 +101,8 @@ struct PathEntry {
     path: String,
     path_type: PathType,
     route: RouteId,
+    /// Whether the path is a regex, and whether that makes its whole host regex.
+    regex: rewrite::PathRegex,
 }
 
 /// Servers in the order their hosts first appeared.
@@ -122,6 +137,9 @@ struct Builder<'a> {
     diagnostics: Vec<Diagnostic>,
     hasher: std::collections::hash_map::DefaultHasher,
     orphans: std::collections::BTreeSet<(String, String, &'static str)>,
+    /// `service-upstream` of the Ingress being translated: its backends are the Services'
+    /// ClusterIPs.
+    service_upstream: bool,
 }
 
 impl Builder<'_> {
@@ -196,9 +214,13 @@ impl Builder<'_> {
                 return None;
             }
         };
-        let (id, problem) = self
-            .backends
-            .resolve(&object.namespace, &service.name, &port);
+        let (id, problem) = if self.service_upstream {
+            self.backends
+                .resolve_cluster_ip(&object.namespace, &service.name, &port)
+        } else {
+            self.backends
+                .resolve(&object.namespace, &service.name, &port)
+        };
         if let Some(problem) = problem {
             self.warn(object, Kind::Ingress, format!("{field}.service"), problem);
         }
@@ -239,7 +261,7 @@ fn sort_ingresses(ingresses: &mut [&Arc<Ingress>]) {
 }
 
 /// Validate and normalise a rule host: lower case; `*.` only as a whole first label.
-fn normalize_host(host: &str) -> Result<String, String> {
+pub(crate) fn normalize_host(host: &str) -> Result<String, String> {
     let host = host.trim().to_ascii_lowercase();
     let name = host.strip_prefix("*.").unwrap_or(&host);
     if host == "*" {
@@ -267,6 +289,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
         diagnostics: Vec::new(),
         hasher: Default::default(),
         orphans: Default::default(),
+        service_upstream: false,
     };
 
     // Global settings.
@@ -303,6 +326,45 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
             ..Default::default()
         }));
     }
+    // custom-http-errors holds on the default server too: its answers get the X-Code headers.
+    let default_target = b.routes[default_route as usize].target.clone();
+    if let Some(errors) = custom_errors::default_server_errors(&settings, &default_target) {
+        Arc::make_mut(&mut b.routes[default_route as usize].policy).errors = Some(errors);
+    }
+
+    // proxy-set-headers / add-headers / hide-headers hold at the http level.
+    let global_headers = {
+        let cm = options.configmap.as_ref();
+        let cm = ObjectRef::new(
+            "ConfigMap",
+            cm.map_or("", |c| &c.namespace),
+            cm.map_or("", |c| &c.name),
+        );
+        let mut diags = Vec::new();
+        let global = proxy_settings::global_headers(&settings, store, &cm, &mut diags);
+        for d in diags {
+            b.warn(&d.object, Kind::ConfigMap, d.field, d.message);
+        }
+        Arc::make_mut(&mut b.routes[default_route as usize].policy).headers =
+            proxy_settings::default_headers(&settings, &global);
+        global
+    };
+
+    // global-auth-url and friends, checked once for every Ingress.
+    let global_auth = {
+        let cm = options.configmap.as_ref();
+        let cm = ObjectRef::new(
+            "ConfigMap",
+            cm.map_or("", |c| &c.namespace),
+            cm.map_or("", |c| &c.name),
+        );
+        let mut diags = Vec::new();
+        let global = auth::global_auth(&settings, &cm, &mut diags);
+        for d in diags {
+            b.warn(&d.object, Kind::ConfigMap, d.field, d.message);
+        }
+        global
+    };
 
     let filter = ClassFilter::new(store, options);
     let mut served: Vec<&Arc<Ingress>> = Vec::new();
@@ -313,33 +375,83 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
             }
         }
         match filter.decide(ingress) {
-            ClassDecision::Served => served.push(ingress),
+            ClassDecision::Served => {
+                match crate::compat::risk_rejection(
+                    ingress.metadata.annotations.as_ref(),
+                    &settings,
+                ) {
+                    Some((field, message)) => b.warn(
+                        &ObjectRef::new("Ingress", namespace, name),
+                        Kind::Ingress,
+                        field,
+                        message,
+                    ),
+                    None => served.push(ingress),
+                }
+            }
             ClassDecision::Ignored(reason) => {
                 tracing::debug!(ingress = %format!("{namespace}/{name}"), "not served: {reason}");
             }
         }
     }
     sort_ingresses(&mut served);
+    let mut snippet_diags = Vec::new();
+    let server_snippets = snippets::server_snippets(&served, &settings, &mut snippet_diags);
+    for d in snippet_diags {
+        b.warn(&d.object, Kind::Ingress, d.field, d.message);
+    }
     let cert_requests = if options.internal_ca {
         internal_ca_requests(store, &served)
     } else {
         Vec::new()
     };
-    let (tls_table, tls_hosts) = assign_certificates(&mut b, &served, options, &cert_requests);
+    let acme_requests = if options.acme {
+        let (requests, problems) = crate::acme::acme_requests(store, &served, normalize_host);
+        b.diagnostics.extend(problems);
+        requests
+    } else {
+        Vec::new()
+    };
+    // Hosts being issued get the default certificate meanwhile, without a warning.
+    let pending: Vec<_> = cert_requests
+        .iter()
+        .cloned()
+        .chain(
+            acme_requests
+                .iter()
+                .map(crate::acme::AcmeRequest::as_cert_request),
+        )
+        .collect();
+    let (mut tls_table, tls_hosts) = assign_certificates(&mut b, &served, options, &pending);
+    // auth-tls-*: per host, from its oldest Ingress that sets it.
+    let mut cert_diags = Vec::new();
+    let client_certs = client_cert::client_certs(store, &served, &mut cert_diags);
+    for d in cert_diags {
+        b.warn(&d.object, Kind::Ingress, d.field, d.message);
+    }
+    tls_table.client_auth = client_certs.table.clone();
 
     let mut servers = Servers::default();
+    let mut host_rewrites = rewrite::HostRewrites::default();
     let mut catch_all_entries: Vec<PathEntry> = Vec::new();
     let mut catch_all_fallback = default_route;
     let mut catch_all_taken = false;
     // (host, path, pathType) -> the Ingress that defined it first.
     let mut defined: HashMap<(String, String, PathType), String> = HashMap::new();
     let mut served_names = Vec::new();
+    // Canary Ingresses create no locations: they attach to others' once all are built.
+    let mut canaries = Vec::new();
+    let mut locations: Vec<canary::Location> = Vec::new();
 
     for ingress in served {
         let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
         let name = ingress.metadata.name.clone().unwrap_or_default();
         let object = ObjectRef::new("Ingress", &namespace, &name);
         served_names.push(format!("{namespace}/{name}"));
+        if canary::is_canary(ingress) {
+            canaries.push(ingress);
+            continue;
+        }
         let (ann, ann_diags) = annotations::parse(ingress.metadata.annotations.as_ref(), &object);
         for d in ann_diags {
             b.warn(&d.object, Kind::Ingress, d.field, d.message);
@@ -369,13 +481,96 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
         for d in traffic_diags {
             b.warn(&d.object, Kind::Ingress, d.field, d.message);
         }
+        let mut h6_diags = Vec::new();
+        let cors = cors::ingress_cors(
+            ingress.metadata.annotations.as_ref(),
+            &object,
+            &mut h6_diags,
+        );
+        let global_default = b.routes[default_route as usize].target.clone();
+        let errors = custom_errors::ingress_errors(
+            ingress.metadata.annotations.as_ref(),
+            &namespace,
+            &settings,
+            store,
+            &mut b.backends,
+            &global_default,
+            &object,
+            &mut h6_diags,
+        );
+        for d in h6_diags {
+            b.warn(&d.object, Kind::Ingress, d.field, d.message);
+        }
+        let mut snippet_diags = Vec::new();
+        let location_snippet = snippets::location_snippet(
+            ingress.metadata.annotations.as_ref(),
+            &settings,
+            &object,
+            &mut snippet_diags,
+        );
+        for d in snippet_diags {
+            b.warn(&d.object, Kind::Ingress, d.field, d.message);
+        }
+        let mut proxy_diags = Vec::new();
+        let proxy = proxy_settings::ingress_proxy(
+            ingress.metadata.annotations.as_ref(),
+            &namespace,
+            &settings,
+            &global_headers,
+            store,
+            &object,
+            &mut proxy_diags,
+        );
+        for d in proxy_diags {
+            b.warn(&d.object, Kind::Ingress, d.field, d.message);
+        }
+        b.service_upstream = proxy.service_upstream;
+        let mut auth_diags = Vec::new();
+        let auth_objects = auth::AuthObjects {
+            secrets: &store.secrets,
+            config_maps: &store.config_maps,
+        };
+        let auth = auth::ingress_auth(
+            ingress.metadata.annotations.as_ref(),
+            &namespace,
+            &auth_objects,
+            &settings,
+            global_auth.as_ref(),
+            &object,
+            &mut auth_diags,
+        );
+        for d in auth_diags {
+            b.warn(&d.object, Kind::Ingress, d.field, d.message);
+        }
+        let mut lb_diags = Vec::new();
+        let balance = canary::ingress_balance(
+            ingress.metadata.annotations.as_ref(),
+            &settings,
+            &object,
+            &mut lb_diags,
+        );
+        for d in lb_diags {
+            b.warn(&d.object, Kind::Ingress, d.field, d.message);
+        }
         let ingress_policy = policy::IngressPolicy {
+            balance,
+            auth: &auth,
+            proxy: &proxy,
             traffic: &traffic,
             upstream: &upstream,
             annotations: &ann,
             settings: &settings,
             options,
             tls_hosts: &tls_hosts,
+            cors,
+            errors: errors.policy.clone(),
+            client_auth: &client_certs.table,
+            client_cert_denied: client_certs
+                .denied
+                .get(&format!("{namespace}/{name}"))
+                .cloned(),
+            server_snippets: &server_snippets,
+            location_snippet: location_snippet.as_ref(),
         };
         let policy_for = |host: Option<&str>, path: &str| {
             Arc::new(policy::route_policy(&ingress_policy, host, path))
@@ -442,6 +637,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
                 },
                 None => None,
             };
+            host_rewrites.note(host.as_deref().unwrap_or(""), &ann.rewrite, &object);
             let Some(http) = &rule.http else {
                 // A host with no paths still gets a server (its implicit `/`).
                 if let Some(host) = &host {
@@ -512,6 +708,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
                     continue;
                 };
                 defined.insert(conflict_key, format!("{namespace}/{name}"));
+                let target = errors.target(target, &b.backends);
                 let route = b.add_route(Route {
                     target,
                     labels: RouteLabels {
@@ -524,7 +721,9 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
                     },
                     policy: policy_for(host.as_deref(), &path_value),
                 });
+                locations.push((host_key.clone(), path_value.clone(), route));
                 let entry = PathEntry {
+                    regex: ann.rewrite.path_regex(&path_value),
                     path: path_value,
                     path_type,
                     route,
@@ -553,13 +752,30 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
         }
     }
 
+    canary::attach_canaries(&mut b, &canaries, &locations, &settings);
     let mut catch_all = VHost::with_fallback(catch_all_fallback);
-    place_locations(&mut catch_all, &catch_all_entries, &mut b.hasher);
+    let mut bad_regexes = place_locations(&mut catch_all, &catch_all_entries, &mut b.hasher);
     let mut router = Router::new(catch_all);
     for (host, fallback, entries) in &servers.order {
         host.hash(&mut b.hasher);
         let vhost = router.vhost_mut(host, *fallback);
-        place_locations(vhost, entries, &mut b.hasher);
+        bad_regexes.extend(place_locations(vhost, entries, &mut b.hasher));
+    }
+    for (route, error) in bad_regexes {
+        let labels = b.routes[route as usize].labels.clone();
+        let object = ObjectRef::new("Ingress", &labels.namespace, &labels.ingress);
+        // regex errors span several lines (pattern, caret, reason): keep the reason.
+        let error = error.to_string();
+        let reason = error
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim_start_matches("error: ");
+        let message = format!("path {} is not a valid regular expression (its host uses regex paths): {reason}; path skipped", labels.path);
+        b.warn(&object, Kind::Ingress, "spec.rules", message);
+    }
+    for d in host_rewrites.apply(&mut router, settings.http_redirect_code) {
+        b.warn(&d.object, Kind::Ingress, d.field, d.message);
     }
     for backend in &b.backends.list {
         backend.name.hash(&mut b.hasher);
@@ -581,6 +797,7 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
         diagnostics: b.diagnostics,
         served_ingresses: served_names,
         cert_requests,
+        acme_requests,
         orphans: b.orphans.into_iter().collect(),
     }
 }
@@ -661,15 +878,34 @@ fn host_fallback(
 
 /// Turn a server's paths into nginx locations as ingress-nginx's `updateServerLocations`
 /// does: Exact -> `= path`; Prefix `/foo` -> `/foo/` plus `= /foo` (unless an Exact `/foo`
-/// exists); Prefix `/` -> `/`; ImplementationSpecific -> a character prefix.
-fn place_locations(vhost: &mut VHost, entries: &[PathEntry], hasher: &mut impl Hasher) {
+/// exists); Prefix `/` -> `/`; ImplementationSpecific -> a character prefix. On a regex
+/// host (`use-regex`/`rewrite-target`), or for a regex Ingress that opted out of the host-wide
+/// effect, paths become `~* "^path"` locations instead (translate/rewrite.rs). Returns the
+/// routes whose path failed to compile as a regex.
+fn place_locations(
+    vhost: &mut VHost,
+    entries: &[PathEntry],
+    hasher: &mut impl Hasher,
+) -> Vec<(RouteId, regex::Error)> {
     let exact_paths: HashSet<&str> = entries
         .iter()
         .filter(|e| e.path_type == PathType::Exact)
         .map(|e| e.path.as_str())
         .collect();
+    let host_regex = rewrite::host_wide(entries.iter().map(|e| e.regex));
+    let mut bad = Vec::new();
     for entry in entries {
-        (&entry.path, entry.path_type, entry.route).hash(hasher);
+        (&entry.path, entry.path_type, entry.route, entry.regex).hash(hasher);
+        if host_regex || entry.regex.regex {
+            let prefix = entry.path_type == PathType::Prefix;
+            let exact = exact_paths.contains(entry.path.as_str());
+            if let Err(e) =
+                rewrite::place_regex(vhost, &entry.path, prefix, entry.regex, exact, entry.route)
+            {
+                bad.push((entry.route, e));
+            }
+            continue;
+        }
         match entry.path_type {
             PathType::Exact => {
                 vhost.add_exact(&entry.path, entry.route);
@@ -695,6 +931,7 @@ fn place_locations(vhost: &mut VHost, entries: &[PathEntry], hasher: &mut impl H
             }
         }
     }
+    bad
 }
 
 /// With `--internal-ca`: every `spec.tls` entry whose Secret is missing, or was issued by the

@@ -537,6 +537,8 @@ impl Drop for SluiceProcess {
 // started against it. ----
 
 pub mod fake_apiserver;
+/// A private pebble ACME CA and resolver (tests/acme*.rs).
+pub mod pebble;
 
 /// Flags for a Sluice in cluster mode against the API server at `api_url`, as pod `pod` of
 /// namespace `network`; leader election with a 2 s lease so failover tests stay short.
