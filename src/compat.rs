@@ -3,7 +3,7 @@
 //! named difference, or does not (with the reason and the nearest alternative).
 //!
 //! Whether an annotation is supported is never written here: it is computed from
-//! [`IMPLEMENTED`](crate::translate::annotations::IMPLEMENTED) (and `backend_protocol`'s list),
+//! [`IMPLEMENTED`](crate::translate::annotations::IMPLEMENTED) (each translate module's own list),
 //! and for ConfigMap keys from what [`Settings::from_configmap`] accepts. This table only
 //! carries the notes. `translate`, `sluice audit` and the README table all read it.
 
@@ -531,8 +531,7 @@ fn support(entry: &Entry, implemented: bool) -> Support {
 
 /// Whether Sluice acts on the annotation (name without prefix).
 pub fn annotation_implemented(name: &str) -> bool {
-    crate::translate::annotations::IMPLEMENTED.contains(&name)
-        || crate::translate::backend_protocol::ANNOTATIONS.contains(&name)
+    crate::translate::annotations::is_implemented(name)
 }
 
 pub fn annotation_entry(name: &str) -> Option<&'static Entry> {
@@ -749,13 +748,10 @@ pub fn readme_with_table(readme: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::annotations::IMPLEMENTED;
 
     #[test]
     fn every_implemented_annotation_is_in_the_table() {
-        let missing: Vec<&&str> = IMPLEMENTED
-            .iter()
-            .chain(crate::translate::backend_protocol::ANNOTATIONS)
+        let missing: Vec<&str> = crate::translate::annotations::implemented()
             .filter(|name| annotation_entry(name).is_none())
             .collect();
         assert!(

@@ -10,8 +10,8 @@ use crate::settings::{parse_bool, parse_on_off, parse_size};
 /// Annotation prefix of ingress-nginx.
 pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
-/// Annotations (without prefix) that this version implements.
-pub const IMPLEMENTED: &[&str] = &[
+/// Annotations (without prefix) parsed in this file, in `traffic.rs` and in `snippets.rs`.
+const PARSED_HERE: &[&str] = &[
     "ssl-redirect",
     "force-ssl-redirect",
     "preserve-trailing-slash",
@@ -20,37 +20,9 @@ pub const IMPLEMENTED: &[&str] = &[
     "client-body-buffer-size",
     "proxy-request-buffering",
     "enable-access-log",
-    // Rewrites, redirects, regex paths (translate/rewrite.rs).
-    "rewrite-target",
-    "use-regex",
-    "app-root",
-    "permanent-redirect",
-    "permanent-redirect-code",
-    "temporal-redirect",
-    "temporal-redirect-code",
-    "from-to-www-redirect",
-    "server-alias",
-    "x-forwarded-prefix",
-    "upstream-vhost",
     // Snippets: never executed, header directives translated (translate/snippets.rs).
     "configuration-snippet",
     "server-snippet",
-    // Authentication (translate/auth.rs; the same list as auth::ANNOTATIONS).
-    "auth-type",
-    "auth-secret",
-    "auth-secret-type",
-    "auth-realm",
-    "auth-url",
-    "auth-method",
-    "auth-signin",
-    "auth-signin-redirect-param",
-    "auth-response-headers",
-    "auth-request-redirect",
-    "auth-proxy-set-headers",
-    "auth-cache-key",
-    "auth-cache-duration",
-    "auth-always-set-cookie",
-    "enable-global-auth",
     // Traffic policy (translate/traffic.rs).
     "whitelist-source-range",
     "allowlist-source-range",
@@ -61,66 +33,31 @@ pub const IMPLEMENTED: &[&str] = &[
     "limit-burst-multiplier",
     "limit-whitelist",
     "limit-allowlist",
-    // CORS (translate/cors.rs).
-    "enable-cors",
-    "cors-allow-origin",
-    "cors-allow-methods",
-    "cors-allow-headers",
-    "cors-expose-headers",
-    "cors-allow-credentials",
-    "cors-max-age",
-    // Error pages (translate/custom_errors.rs).
-    "custom-http-errors",
-    "default-backend",
-    "disable-proxy-intercept-errors",
-    // Client certificates, per server (translate/client_cert.rs).
-    "auth-tls-secret",
-    "auth-tls-verify-client",
-    "auth-tls-verify-depth",
-    "auth-tls-error-page",
-    "auth-tls-pass-certificate-to-upstream",
-    "auth-tls-match-cn",
-    // Load balancing, affinity, canary (translate/canary.rs).
-    "load-balance",
-    "upstream-hash-by",
-    "upstream-hash-by-subset",
-    "upstream-hash-by-subset-size",
-    "affinity",
-    "affinity-mode",
-    "affinity-canary-behavior",
-    "session-cookie-name",
-    "session-cookie-path",
-    "session-cookie-domain",
-    "session-cookie-samesite",
-    "session-cookie-conditional-samesite-none",
-    "session-cookie-expires",
-    "session-cookie-max-age",
-    "session-cookie-secure",
-    "session-cookie-change-on-failure",
-    "canary",
-    "canary-by-header",
-    "canary-by-header-value",
-    "canary-by-header-pattern",
-    "canary-by-cookie",
-    "canary-weight",
-    "canary-weight-total",
-    // Proxy settings and headers (translate/proxy_settings.rs).
-    "proxy-connect-timeout",
-    "proxy-read-timeout",
-    "proxy-send-timeout",
-    "proxy-next-upstream",
-    "proxy-next-upstream-tries",
-    "proxy-next-upstream-timeout",
-    "proxy-buffering",
-    "proxy-http-version",
-    "proxy-redirect-from",
-    "proxy-redirect-to",
-    "proxy-cookie-domain",
-    "proxy-cookie-path",
-    "connection-proxy-header",
-    "service-upstream",
-    "custom-headers",
 ];
+
+/// Every annotation (without prefix) this version implements, by the module that parses it:
+/// each module owns its list, and `compat.rs` derives "supported" from these alone.
+pub const IMPLEMENTED: &[&[&str]] = &[
+    PARSED_HERE,
+    super::rewrite::ANNOTATIONS,
+    super::auth::ANNOTATIONS,
+    super::cors::ANNOTATIONS,
+    super::custom_errors::ANNOTATIONS,
+    super::client_cert::ANNOTATIONS,
+    super::canary::ANNOTATIONS,
+    super::proxy_settings::ANNOTATIONS,
+    super::backend_protocol::ANNOTATIONS,
+];
+
+/// Every implemented annotation name.
+pub fn implemented() -> impl Iterator<Item = &'static str> {
+    IMPLEMENTED.iter().flat_map(|list| list.iter().copied())
+}
+
+/// Whether Sluice acts on the annotation (name without prefix).
+pub fn is_implemented(name: &str) -> bool {
+    implemented().any(|n| n == name)
+}
 
 /// Per-Ingress settings from annotations; `None` means "the ConfigMap's value".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -233,8 +170,7 @@ pub fn parse(
     };
     for key in annotations.keys() {
         if let Some(name) = key.strip_prefix(PREFIX) {
-            if !IMPLEMENTED.contains(&name) && !super::backend_protocol::ANNOTATIONS.contains(&name)
-            {
+            if !is_implemented(name) {
                 diags.push(Diagnostic::warning(
                     object.clone(),
                     format!("metadata.annotations[{key}]"),

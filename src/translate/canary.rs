@@ -607,16 +607,6 @@ mod tests {
     }
 
     #[test]
-    fn every_annotation_is_registered() {
-        for name in ANNOTATIONS {
-            assert!(
-                super::super::annotations::IMPLEMENTED.contains(name),
-                "{name}"
-            );
-        }
-    }
-
-    #[test]
     fn expires_accepts_what_ingress_nginx_accepts() {
         assert_eq!(seconds("0"), Ok(0));
         assert_eq!(seconds("172800"), Ok(172_800));
