@@ -469,24 +469,17 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
             "{namespace}/{name}/{}",
             ingress.metadata.uid.as_deref().unwrap_or("")
         );
-        let mut traffic_diags = Vec::new();
+        // Every per-Ingress parser below reports into one list, forwarded in order.
+        let mut diags = Vec::new();
         let traffic = traffic::ingress_traffic(
             ingress.metadata.annotations.as_ref(),
             &settings,
             &blocks,
             &zone,
             &object,
-            &mut traffic_diags,
+            &mut diags,
         );
-        for d in traffic_diags {
-            b.warn(&d.object, Kind::Ingress, d.field, d.message);
-        }
-        let mut h6_diags = Vec::new();
-        let cors = cors::ingress_cors(
-            ingress.metadata.annotations.as_ref(),
-            &object,
-            &mut h6_diags,
-        );
+        let cors = cors::ingress_cors(ingress.metadata.annotations.as_ref(), &object, &mut diags);
         let global_default = b.routes[default_route as usize].target.clone();
         let errors = custom_errors::ingress_errors(
             ingress.metadata.annotations.as_ref(),
@@ -496,22 +489,14 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
             &mut b.backends,
             &global_default,
             &object,
-            &mut h6_diags,
+            &mut diags,
         );
-        for d in h6_diags {
-            b.warn(&d.object, Kind::Ingress, d.field, d.message);
-        }
-        let mut snippet_diags = Vec::new();
         let location_snippet = snippets::location_snippet(
             ingress.metadata.annotations.as_ref(),
             &settings,
             &object,
-            &mut snippet_diags,
+            &mut diags,
         );
-        for d in snippet_diags {
-            b.warn(&d.object, Kind::Ingress, d.field, d.message);
-        }
-        let mut proxy_diags = Vec::new();
         let proxy = proxy_settings::ingress_proxy(
             ingress.metadata.annotations.as_ref(),
             &namespace,
@@ -519,13 +504,9 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
             &global_headers,
             store,
             &object,
-            &mut proxy_diags,
+            &mut diags,
         );
-        for d in proxy_diags {
-            b.warn(&d.object, Kind::Ingress, d.field, d.message);
-        }
         b.service_upstream = proxy.service_upstream;
-        let mut auth_diags = Vec::new();
         let auth_objects = auth::AuthObjects {
             secrets: &store.secrets,
             config_maps: &store.config_maps,
@@ -537,19 +518,15 @@ pub fn translate(store: &Store, options: &TranslateOptions) -> Translation {
             &settings,
             global_auth.as_ref(),
             &object,
-            &mut auth_diags,
+            &mut diags,
         );
-        for d in auth_diags {
-            b.warn(&d.object, Kind::Ingress, d.field, d.message);
-        }
-        let mut lb_diags = Vec::new();
         let balance = canary::ingress_balance(
             ingress.metadata.annotations.as_ref(),
             &settings,
             &object,
-            &mut lb_diags,
+            &mut diags,
         );
-        for d in lb_diags {
+        for d in diags {
             b.warn(&d.object, Kind::Ingress, d.field, d.message);
         }
         let ingress_policy = policy::IngressPolicy {
