@@ -5,7 +5,7 @@
 #
 # Usage: bash benches/tls_handshake.sh [--install] [--no-build]
 #   --install   apt-get install nginx, nghttp2-client (h2load), openssl, curl when missing
-#   --no-build  use the existing target/release/sluice
+#   --no-build  use the existing target/release/sluice (or set SLUICE_BIN: never built)
 # Environment: ROUNDS (3), DURATION (5: seconds per run), BATCH (1000: connections per h2load
 #   invocation), WARMUP (1: seconds per server and key), QUIET_WAIT (120: before each run,
 #   wait up to this many seconds for the machine to be idle; 0: don't), BASE_PORT (18400:
@@ -28,78 +28,14 @@ KEYS=(ecdsa rsa)
 VERSIONS=(1.3 1.2)
 HOST=bench.local
 
-INSTALL=0
-BUILD=1
-for arg in "$@"; do
-    case $arg in
-        --install) INSTALL=1 ;;
-        --no-build) BUILD=0 ;;
-        -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $arg" >&2; exit 2 ;;
-    esac
-done
-
-cd "$(dirname "$0")/.."
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-
-# --- tools -------------------------------------------------------------------------------
-missing=()
-for tool in nginx:nginx h2load:nghttp2-client openssl:openssl curl:curl; do
-    command -v "${tool%%:*}" > /dev/null || missing+=("${tool#*:}")
-done
-if ((${#missing[@]})); then
-    cmd="apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
-    if ((INSTALL)); then
-        echo "installing: ${missing[*]}"
-        sh -c "$cmd"
-    else
-        echo "missing: ${missing[*]}. Install with:" >&2
-        echo "  $cmd" >&2
-        echo "(or rerun with --install)" >&2
-        exit 1
-    fi
-fi
-
-# --- build -------------------------------------------------------------------------------
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-SLUICE_BIN=$TARGET_DIR/release/sluice
-if ((BUILD)); then
-    echo "building sluice (cargo build --release)..."
-    cargo build --release --bin sluice
-fi
-[[ -x $SLUICE_BIN ]] || { echo "no $SLUICE_BIN; build it or drop --no-build" >&2; exit 1; }
-
-# --- processes and cleanup ---------------------------------------------------------------
-WORK=$(mktemp -d /tmp/sluice-tls.XXXXXX)
-chmod 755 "$WORK" # nginx workers run as nobody when started as root
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2> /dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2> /dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2> /dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-for port in $(seq "$BASE_PORT" $((BASE_PORT + 8))); do
-    if (echo > /dev/tcp/127.0.0.1/$port) 2> /dev/null; then
-        echo "port $port on 127.0.0.1 is already in use; set BASE_PORT" >&2
-        exit 1
-    fi
-done
-
-# A private copy of the binary: others rebuilding target/ during the run cannot swap it.
-cp "$SLUICE_BIN" "$WORK/sluice"
-SLUICE_VERSION="$(git describe --always --dirty 2> /dev/null || echo unknown), binary of $(date -r "$SLUICE_BIN" '+%F %T')"
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_args 13 "$@"
+bench_tools nginx:nginx h2load:nghttp2-client openssl:openssl curl:curl
+bench_sluice_bin
+bench_workdir sluice-tls
+bench_check_ports $(seq "$BASE_PORT" $((BASE_PORT + 8)))
+bench_copy_sluice
 
 # --- certificates ------------------------------------------------------------------------
 # Self-signed leaves for bench.local (peers.md section 1 without the CA: the chain is one
@@ -113,13 +49,9 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 30 \
 chmod 644 "$WORK"/*.key
 
 # --- nginx: backend and TLS terminator ---------------------------------------------------
-mkdir -p "$WORK/nginx-tmp"
 nginx_conf() { # $1 = name; the http{} body on stdin
+    nginx_preamble "$1"
     cat << EOF
-worker_processes 1;
-daemon off;
-pid $WORK/$1.pid;
-error_log $WORK/$1.error.log warn;
 events {
     multi_accept on;
     worker_connections 16384;
@@ -130,24 +62,14 @@ http {
     access_log off;
     default_type text/plain;
     server_tokens off;
-    client_body_temp_path $WORK/nginx-tmp/$1-body;
-    proxy_temp_path       $WORK/nginx-tmp/$1-proxy;
-    fastcgi_temp_path     $WORK/nginx-tmp/$1-fastcgi;
-    uwsgi_temp_path       $WORK/nginx-tmp/$1-uwsgi;
-    scgi_temp_path        $WORK/nginx-tmp/$1-scgi;
+$(nginx_temp_paths "$1")
 $(cat)
 }
 EOF
 }
 
 # The backend both proxies forward to: a fixed 19-byte 200 body, its own nginx and worker.
-nginx_conf backend > "$WORK/backend.conf" << EOF
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$BACKEND_PORT;
-        location / { return 200 "hello from backend\n"; }
-    }
-EOF
+backend_conf backend "$BACKEND_PORT" > "$WORK/backend.conf"
 
 # nginx terminating TLS the way ingress-nginx's template does (TLSv1.2 and TLSv1.3, default
 # ciphers), except: no session cache and no session tickets, so no handshake can be resumed,
@@ -187,132 +109,35 @@ $(nginx_tls_server rsa)
 EOF
 
 # --- Sluice: one process per key type, same certificate through a Secret -----------------
-b64() { base64 -w0 < "$1"; }
 sluice_manifests() { # $1 = key type
-    cat << EOF
-apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata:
-  name: nginx
-spec:
-  controller: k8s.io/ingress-nginx
----
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: sluice
-  namespace: bench
-data:
-  disable-access-log: "true"
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: bench-tls
-  namespace: bench
-type: kubernetes.io/tls
-data:
-  tls.crt: $(b64 "$WORK/$1.pem")
-  tls.key: $(b64 "$WORK/$1.key")
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: backend
-  namespace: bench
-spec:
-  ports:
-  - name: http
-    port: 80
-    targetPort: $BACKEND_PORT
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: backend-local
-  namespace: bench
-  labels:
-    kubernetes.io/service-name: backend
-addressType: IPv4
-ports:
-- name: http
-  port: $BACKEND_PORT
-endpoints:
-- addresses: ["127.0.0.1"]
-  conditions:
-    ready: true
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: bench
-  namespace: bench
-spec:
-  ingressClassName: nginx
-  tls:
-  - hosts: [$HOST]
-    secretName: bench-tls
-  rules:
-  - host: $HOST
-    http:
-      paths:
-      - path: /
-        pathType: Prefix
-        backend:
-          service:
-            name: backend
-            port:
-              name: http
-EOF
+    sluice_base_manifests "$BACKEND_PORT"
+    sluice_tls_secret bench-tls "$WORK/$1.pem" "$WORK/$1.key"
+    sluice_ingress bench "$HOST" bench-tls
 }
 
-nginx -t -q -p "$WORK" -c "$WORK/backend.conf" -e "$WORK/backend.error.log"
-nginx -t -q -p "$WORK" -c "$WORK/tls.conf" -e "$WORK/tls.error.log"
-nginx -p "$WORK" -c "$WORK/backend.conf" -e "$WORK/backend.error.log" &
-PIDS+=($!)
-BACKEND_MASTER=$!
-nginx -p "$WORK" -c "$WORK/tls.conf" -e "$WORK/tls.error.log" &
-PIDS+=($!)
-NGINX_MASTER=$!
+start_nginx backend
+BACKEND_MASTER=$STARTED
+start_nginx tls
+NGINX_MASTER=$STARTED
 declare -A SLUICE_PID
 for key in "${KEYS[@]}"; do
     mkdir -p "$WORK/manifests-$key"
     sluice_manifests "$key" > "$WORK/manifests-$key/bench.yaml"
-    RUST_LOG=${RUST_LOG:-warn} "$WORK/sluice" \
-        --manifests "$WORK/manifests-$key" \
-        --configmap bench/sluice \
-        --worker-threads 1 \
-        --bind-address 127.0.0.1 \
-        --http-port "${SLUICE_HTTP_PORT[$key]}" \
-        --https-port "${SLUICE_PORT[$key]}" \
-        --healthz-host 127.0.0.1 \
-        --healthz-port "${SLUICE_ADMIN_PORT[$key]}" \
-        --metrics-port "${SLUICE_ADMIN_PORT[$key]}" \
-        --state-dir "$WORK/state-$key" \
-        2> "$WORK/sluice-$key.log" &
-    PIDS+=($!)
-    SLUICE_PID[$key]=$!
+    start_sluice "sluice-$key" "$WORK/manifests-$key" "${SLUICE_HTTP_PORT[$key]}" \
+        "${SLUICE_PORT[$key]}" "${SLUICE_ADMIN_PORT[$key]}"
+    SLUICE_PID[$key]=$STARTED
 done
 
-wait_200() { # $1 = port, $2 = what
-    local code
-    for _ in $(seq 100); do
-        code=$(curl -sk -o /dev/null -w '%{http_code}' --resolve "$HOST:$1:127.0.0.1" \
-            "https://$HOST:$1/" || true)
-        [[ $code == 200 ]] && return 0
-        sleep 0.1
-    done
-    echo "$2 did not answer 200 on https://$HOST:$1/ (last: $code); logs in $WORK:" >&2
-    tail -n 20 "$WORK"/*.log >&2 || true
-    exit 1
+wait_tls() { # $1 = port, $2 = what
+    wait_200 "$2" -k --resolve "$HOST:$1:127.0.0.1" "https://$HOST:$1/"
 }
 for _ in $(seq 100); do
     [[ $(curl -s "http://127.0.0.1:$BACKEND_PORT/") == "hello from backend" ]] && break
     sleep 0.1
 done
 for key in "${KEYS[@]}"; do
-    wait_200 "${NGINX_PORT[$key]}" "nginx ($key)"
-    wait_200 "${SLUICE_PORT[$key]}" "sluice ($key)"
+    wait_tls "${NGINX_PORT[$key]}" "nginx ($key)"
+    wait_tls "${SLUICE_PORT[$key]}" "sluice ($key)"
 done
 
 # Both servers must present the very certificate made above for SNI bench.local, and return
@@ -332,8 +157,8 @@ for key in "${KEYS[@]}"; do
         [[ $body == "hello from backend" ]] || { echo "$server ($key) body: $body" >&2; exit 1; }
     done
 done
-NGINX_PIDS=("$NGINX_MASTER" $(ps -o pid= --ppid "$NGINX_MASTER"))
-BACKEND_PIDS=("$BACKEND_MASTER" $(ps -o pid= --ppid "$BACKEND_MASTER"))
+read -r -a NGINX_PIDS <<< "$(nginx_pids "$NGINX_MASTER")"
+read -r -a BACKEND_PIDS <<< "$(nginx_pids "$BACKEND_MASTER")"
 ALL_SERVER_PIDS=("${BACKEND_PIDS[@]}" "${NGINX_PIDS[@]}" "${SLUICE_PID[@]}")
 
 # h2load offers TLS 1.3 and 1.2 and has no option to cap the version; OpenSSL's system
@@ -356,44 +181,6 @@ EOF
 for version in "${VERSIONS[@]}"; do client_conf "$version" > "$WORK/client-tls$version.cnf"; done
 
 # --- measure -----------------------------------------------------------------------------
-# CPU accounting as in load.sh, with shell builtins only between the readings.
-HZ=$(getconf CLK_TCK)
-ticks_of() { # pids...
-    local pid sum=0 st
-    for pid in "$@"; do
-        read -r -a st < "/proc/$pid/stat"
-        sum=$((sum + st[13] + st[14]))
-    done
-    TICKS=$sum
-}
-children_ticks() {
-    local st
-    read -r -a st < "/proc/$BASHPID/stat"
-    TICKS=$((st[15] + st[16]))
-}
-machine_ticks() {
-    local cpu user nice system idle iowait irq softirq steal rest
-    read -r cpu user nice system idle iowait irq softirq steal rest < /proc/stat
-    TICKS=$((user + nice + system + irq + softirq + steal))
-}
-
-# Between runs nothing started here is busy, so the machine's busy time is other people's.
-# Wait (up to QUIET_WAIT seconds) for a second in which it is below 20 % of one core; sets
-# WAITED (seconds waited, "+" appended when it gave up).
-wait_quiet() {
-    local m0 m1 start=${EPOCHREALTIME%.*}
-    WAITED=0
-    ((QUIET_WAIT > 0)) || return 0
-    while :; do
-        machine_ticks; m0=$TICKS
-        sleep 1
-        machine_ticks; m1=$TICKS
-        ((m1 - m0 < HZ / 5)) && break
-        WAITED=$((${EPOCHREALTIME%.*} - start))
-        if ((WAITED >= QUIET_WAIT)); then WAITED+="+"; break; fi
-    done
-}
-
 # One measurement: h2load invocations of BATCH connections each, one HTTP/1.1 request per
 # connection (-n BATCH -c BATCH: every client object, hence every SSL object, is new and
 # used once: a full handshake each), until $2 seconds have passed. Sets HS (handshakes = 2xx
@@ -477,10 +264,6 @@ for round in $(seq "$ROUNDS"); do
         done
     done
 done
-
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
-    printf "%.6g", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 echo
 echo "summary (median over $ROUNDS rounds):"
