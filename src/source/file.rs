@@ -2,11 +2,11 @@
 //! through `notify`, plus a slow poll as a safety net). A file that fails to parse keeps its
 //! last good objects; an object that fails to decode keeps its last good version.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -19,10 +19,38 @@ use crate::store::{Kind, Object, StoreEvent};
 const SETTLE: Duration = Duration::from_millis(30);
 /// Re-read the folder this often even without events (network filesystems, missed events).
 const POLL: Duration = Duration::from_secs(2);
+/// A file whose modification time is this close to (or after) the moment it was last read
+/// may have changed again within the same timestamp tick: it is read again, never trusted
+/// on its metadata alone (git's "racily clean" rule).
+const RACY: Duration = Duration::from_secs(1);
+
+/// What `stat` says of a file: unchanged stamp, unchanged content (see [`RACY`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct FileState {
     content_hash: u64,
+    /// The file's stamp when it was last read, and when that was.
+    stamp: Option<(Stamp, SystemTime)>,
     /// Last good objects of this file, by kind and key.
     objects: BTreeMap<(Kind, (String, String)), Object>,
 }
@@ -74,7 +102,11 @@ impl ManifestDir {
 
     /// Re-read the folder. Returns true when any file's objects changed.
     pub fn rescan(&mut self) -> std::io::Result<bool> {
-        let mut seen = Vec::new();
+        // PERF: a set, not a Vec: `retain` below looked every known file up in the list of
+        // files seen, O(files²) Path comparisons (perf: 80 % of samples in `Path::eq`). With
+        // the 5 000 files of benches/propagation.sh the first configuration was served after
+        // 6.5 s (4.8 s of it this rescan); with the set, after 0.75 s.
+        let mut seen = HashSet::new();
         let mut changed = false;
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
@@ -82,9 +114,32 @@ impl ManifestDir {
                 continue;
             };
             // Follows symlinks, as ConfigMap volume mounts use them.
-            if !path.is_file() {
-                continue;
+            let stamp = match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => Stamp::of(&meta),
+                Ok(_) => continue,
+                Err(_) => {
+                    // Vanished between listing and reading: as below.
+                    if self.files.contains_key(&path) {
+                        seen.insert(path);
+                    }
+                    continue;
+                }
+            };
+            // PERF: a file whose stamp has not changed since it was read is not read again.
+            // Re-reading and hashing all 5 000 files of benches/propagation.sh took 100-360 ms
+            // per change under load. With this and the access-event filter in `run`, change
+            // to visible went from p50/p99 640/1 706 ms to 438/810 ms.
+            if let Some((last, read_at)) = self.files.get(&path).and_then(|s| s.stamp) {
+                let settled = last
+                    .modified
+                    .and_then(|m| m.checked_add(RACY))
+                    .is_some_and(|m| m < read_at);
+                if last == stamp && settled {
+                    seen.insert(path);
+                    continue;
+                }
             }
+            let read_at = SystemTime::now();
             let content = match std::fs::read(&path) {
                 Ok(content) => content,
                 Err(e) => {
@@ -92,17 +147,20 @@ impl ManifestDir {
                     // the next event or poll reads it again.
                     tracing::debug!(file = %path.display(), error = %e, "manifest not readable yet");
                     if self.files.contains_key(&path) {
-                        seen.push(path);
+                        seen.insert(path);
                     }
                     continue;
                 }
             };
-            seen.push(path.clone());
+            seen.insert(path.clone());
             let hash = hash_bytes(&content);
-            if self.files.get(&path).map(|s| s.content_hash) == Some(hash) {
-                continue;
+            if self.files.get(&path).map(|s| s.content_hash) != Some(hash) {
+                changed |= self.reload_file(&path, &content, json, hash);
             }
-            changed |= self.reload_file(&path, &content, json, hash);
+            // reload_file leaves an entry for the path, good or broken.
+            if let Some(state) = self.files.get_mut(&path) {
+                state.stamp = Some((stamp, read_at));
+            }
         }
         let before = self.files.len();
         self.files.retain(|path, _| seen.contains(path));
@@ -161,6 +219,7 @@ impl ManifestDir {
             path.to_path_buf(),
             FileState {
                 content_hash: hash,
+                stamp: None,
                 objects,
             },
         );
@@ -200,7 +259,10 @@ pub async fn run(mut dir: ManifestDir, tx: mpsc::Sender<StoreEvent>) {
     let watcher = {
         let wake_tx = wake_tx.clone();
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            // PERF: reading the folder raises inotify open/access events of its own; waking
+            // on those re-read it in a loop (about 56 rescans a second with one file, ~20% of
+            // a core). Only changes wake the reader.
+            if event.is_ok_and(|event| !event.kind.is_access()) {
                 let _ = wake_tx.try_send(());
             }
         })
@@ -220,14 +282,43 @@ pub async fn run(mut dir: ManifestDir, tx: mpsc::Sender<StoreEvent>) {
     };
     let mut first = true;
     loop {
-        match dir.rescan() {
-            Ok(changed) if changed || first => {
+        // PERF: reading and decoding the folder is blocking file I/O and CPU: off the request
+        // threads, as translation is. On the runtime (one worker thread) it stalled every
+        // request for as long as each rescan took, after every change and every POLL.
+        // benches/propagation.sh, 5 000 Ingresses, wrk -c20 during changes: 41-262 req/s
+        // before, 11 400-15 200 after (with the set above).
+        let started = Instant::now();
+        let send_all = first;
+        let scan = tokio::task::spawn_blocking(move || {
+            let result = dir
+                .rescan()
+                .map(|changed| (changed || send_all).then(|| dir.objects()));
+            (dir, result)
+        })
+        .await;
+        let result = match scan {
+            Ok((back, result)) => {
+                dir = back;
+                result
+            }
+            Err(e) => {
+                // A bug while decoding: the store keeps the last objects sent.
+                tracing::error!(error = %e, "reading the manifests folder failed; no longer watching it");
+                return;
+            }
+        };
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "manifests folder read"
+        );
+        match result {
+            Ok(Some(objects)) => {
                 first = false;
-                if tx.send(StoreEvent::Replace(dir.objects())).await.is_err() {
+                if tx.send(StoreEvent::Replace(objects)).await.is_err() {
                     return;
                 }
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => {
                 tracing::warn!(dir = %dir.dir.display(), error = %e, "cannot read the manifests folder; keeping the last good objects");
                 if first {
@@ -297,5 +388,61 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         assert!(manifests.rescan().unwrap());
         assert!(manifests.objects().is_empty());
+    }
+
+    /// A file rewritten in place with content of the same length, within the same
+    /// timestamp tick as the previous read, is still read again: stamps are trusted only
+    /// once the file's modification time is well before the read.
+    #[test]
+    fn same_size_rewrite_right_after_a_read_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("svc.yaml");
+        std::fs::write(&file, service("aaaa")).unwrap();
+        let mut manifests = ManifestDir::new(dir.path());
+        assert!(manifests.rescan().unwrap());
+        std::fs::write(&file, service("bbbb")).unwrap();
+        assert!(manifests.rescan().unwrap(), "same-length rewrite missed");
+        assert_eq!(manifests.objects()[0].0.key().1, "bbbb");
+        // Once settled, an unchanged file is skipped on its stamp; a change of length,
+        // time or inode (an atomic rename) is read.
+        let old = SystemTime::now() - Duration::from_secs(10);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(!manifests.rescan().unwrap());
+        assert!(!manifests.rescan().unwrap());
+        let staged = dir.path().join(".staged");
+        std::fs::write(&staged, service("cccc")).unwrap();
+        std::fs::rename(&staged, &file).unwrap();
+        assert!(manifests.rescan().unwrap(), "rename into place missed");
+        assert_eq!(manifests.objects()[0].0.key().1, "cccc");
+    }
+
+    fn service(name: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bench}}\nspec: {{ports: [{{port: 80}}]}}\n")
+    }
+
+    /// A folder of thousands of files (one per app), unchanged, rescans to "no change". How
+    /// fast is measured by benches/propagation.sh (a quadratic check once took seconds here).
+    #[test]
+    fn rescan_of_many_unchanged_files_reports_no_change() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..5000 {
+            std::fs::write(
+                dir.path().join(format!("app-{i:05}.yaml")),
+                service(&format!("s{i}")),
+            )
+            .unwrap();
+        }
+        let mut manifests = ManifestDir::new(dir.path());
+        assert!(manifests.rescan().unwrap());
+        assert_eq!(manifests.objects().len(), 5000);
+        assert!(!manifests.rescan().unwrap());
+        std::fs::remove_file(dir.path().join("app-01234.yaml")).unwrap();
+        assert!(manifests.rescan().unwrap());
+        assert_eq!(manifests.objects().len(), 4999);
     }
 }
