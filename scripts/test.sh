@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Sluice's test command: installs what the tests need, then checks formatting and lints and
-# runs every unit and integration test. Works on a fresh Debian machine with a Rust toolchain.
+# Sluice's test command: installs what the tests need, then checks formatting and lints, runs
+# every unit and integration test, and runs each cargo fuzz target briefly.
+# Works on a fresh Debian machine with a Rust toolchain (stable is enough).
+# SLUICE_FUZZ_SECONDS: seconds per fuzz target (default 15); 0 skips the fuzz step. The first
+# fuzz run installs cargo-fuzz and builds the instrumented targets into fuzz/target (a few
+# minutes); later runs reuse both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +18,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # tests, tests/acme*.rs, which fail without them.
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
+# A C++ compiler for libFuzzer (libfuzzer-sys builds it) when the fuzz step below runs.
+fuzz_seconds="${SLUICE_FUZZ_SECONDS:-15}"
+[ "$fuzz_seconds" = 0 ] || command -v c++ >/dev/null 2>&1 || need+=(g++)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"
@@ -35,3 +42,9 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --quiet
+# cargo test above replays the kept corpus (tests/fuzz_corpus.rs); this looks for new inputs.
+# They go to a temporary directory, so fuzz/corpus/ stays as committed.
+if [ "$fuzz_seconds" != 0 ]; then
+  echo "== scripts/fuzz.sh $fuzz_seconds (SLUICE_FUZZ_SECONDS=0 skips)"
+  SLUICE_FUZZ_KEEP=0 ./scripts/fuzz.sh "$fuzz_seconds"
+fi
