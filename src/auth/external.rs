@@ -388,14 +388,14 @@ fn cacheable(answer: &Answer) -> bool {
 pub async fn check_external(
     auth: &ExternalAuth,
     cache: &AuthCache,
-    scope: &str,
+    scope: (&str, &str),
     vars: &RequestVars<'_>,
     settings: &crate::settings::Settings,
 ) -> Result<(Admitted, Vec<(HeaderName, Option<HeaderValue>)>), Response<ProxyBody>> {
     let cache_key = auth
         .cache
         .as_ref()
-        .map(|rule| format!("{scope}{}", rule.key.render(vars)));
+        .map(|rule| format!("{}{}{}", scope.0, scope.1, rule.key.render(vars)));
     let answer = match cache_key.as_deref().and_then(|k| cache.get(k)) {
         Some(answer) => answer,
         None => {

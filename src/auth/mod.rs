@@ -38,8 +38,9 @@ pub struct AuthRequest<'a> {
     /// `$scheme` of the client connection.
     pub scheme: &'a str,
     pub server_port: u16,
-    /// Server name and location path: the scope of `auth-cache-key`.
-    pub cache_scope: &'a str,
+    /// Server name and location path: the scope of `auth-cache-key` (joined only when a
+    /// location caches, not on every request).
+    pub cache_scope: (&'a str, &'a str),
 }
 
 /// Check a request against the location's authentication: basic first, then external, as
