@@ -149,6 +149,28 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener,
     listener::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
+/// Wait until the first configuration is published; false when stopped before. The traffic
+/// listeners wait here (bound, so clients queue in the backlog) as ingress-nginx starts nginx
+/// only after its first sync: no client ever gets the empty start-up snapshot's 404.
+async fn first_configuration(health: &Health, mut stop: watch::Receiver<bool>) -> bool {
+    loop {
+        if health.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        if *stop.borrow() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// Bind every port and start every task. Returns once listening; `/healthz` turns 200 when
 /// the first snapshot is published.
 pub async fn start(cli: Cli) -> Result<Running, StartError> {
@@ -410,20 +432,17 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
         }
     }
 
-    tasks.push(tokio::spawn(listener::serve(
-        http_listener,
-        None,
-        state.clone(),
-        stop_rx.clone(),
-        drain_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(listener::serve(
-        https_listener,
-        Some(tls),
-        state.clone(),
-        stop_rx.clone(),
-        drain_rx,
-    )));
+    for (listener, tls, drain) in [
+        (http_listener, None, drain_rx.clone()),
+        (https_listener, Some(tls), drain_rx),
+    ] {
+        let (health, state, stop) = (health.clone(), state.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if first_configuration(&health, stop.clone()).await {
+                listener::serve(listener, tls, state, stop, drain).await;
+            }
+        }));
+    }
     tasks.push(tokio::spawn(admin::serve(
         healthz_listener,
         Endpoints {
@@ -513,5 +532,38 @@ impl Running {
         for task in self.tasks {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listeners_wait_for_the_first_configuration() {
+        let health = Arc::new(Health::default());
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let waiting = tokio::spawn({
+            let health = health.clone();
+            async move { first_configuration(&health, stop_rx).await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!waiting.is_finished(), "served before any configuration");
+        health.ready.store(true, Ordering::Release);
+        assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_stop_before_the_first_configuration_ends_the_wait() {
+        let health = Health::default();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopping = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            stop_tx.send_replace(true);
+        };
+        let (served, ()) = tokio::join!(first_configuration(&health, stop_rx), stopping);
+        assert!(!served);
+        let (_, dropped) = watch::channel(false);
+        assert!(!first_configuration(&health, dropped).await);
     }
 }

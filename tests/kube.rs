@@ -430,7 +430,14 @@ async fn one_leader_writes_status_and_fails_over() {
         holder(&fake, "ingress-controller-leader") == follower_name
     })
     .await;
-    assert_eq!(leader_gauge(&follower).as_deref(), Some("1"));
+    // The gauge follows the Lease write that made it leader: the fake API server sees the
+    // write before the new leader has recorded it.
+    eventually(
+        5 * SECOND,
+        "the new leader reports leader_election_status 1",
+        || leader_gauge(&follower).as_deref() == Some("1"),
+    )
+    .await;
     fake.apply_yaml(&ingress(
         "shop",
         "late",
