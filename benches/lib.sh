@@ -203,6 +203,30 @@ ingress_location() {
 EOF
 }
 
+# The request-id and Connection maps and the keepalive upstream that ingress-nginx's
+# nginx.tmpl renders in every http block with default ConfigMap values. $1 = backend port.
+ingress_nginx_upstream() {
+    cat << EOF
+    map \$http_x_request_id \$req_id {
+        default \$http_x_request_id;
+        ""      \$request_id;
+    }
+    # With upstream keepalive, ingress-nginx sends an empty Connection header (not "close").
+    map \$http_upgrade \$connection_upgrade {
+        default upgrade;
+        ''      '';
+    }
+
+    upstream upstream_balancer {
+        server 127.0.0.1:$1;
+        keepalive 320;
+        keepalive_time 1h;
+        keepalive_timeout 60s;
+        keepalive_requests 10000;
+    }
+EOF
+}
+
 # nginx as ingress-nginx's nginx.tmpl renders it with default ConfigMap values, minus the Lua
 # (balancer_by_lua, monitor) that ingress-nginx runs per request: so this baseline is, if
 # anything, faster than a real ingress-nginx pod. Options (key=value):
@@ -276,23 +300,7 @@ EOF
     fi
     cat << EOF
 
-    map \$http_x_request_id \$req_id {
-        default \$http_x_request_id;
-        ""      \$request_id;
-    }
-    # With upstream keepalive, ingress-nginx sends an empty Connection header (not "close").
-    map \$http_upgrade \$connection_upgrade {
-        default upgrade;
-        ''      '';
-    }
-
-    upstream upstream_balancer {
-        server 127.0.0.1:$BACKEND_PORT;
-        keepalive 320;
-        keepalive_time 1h;
-        keepalive_timeout 60s;
-        keepalive_requests 10000;
-    }
+$(ingress_nginx_upstream "$BACKEND_PORT")
 
     server {
         server_name _;

@@ -26,6 +26,8 @@
 #   the temp dir with the logs, wrk output and per-change JSON).
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 INGRESSES=${INGRESSES:-5000}
 APPS_PER_FILE=${APPS_PER_FILE:-1}
@@ -111,12 +113,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for port in $BACKEND_PORT $ECHO_PORT $NGINX_PORT $SLUICE_PORT $SLUICE_HTTPS_PORT $SLUICE_ADMIN_PORT; do
-    if (echo > /dev/tcp/127.0.0.1/$port) 2> /dev/null; then
-        echo "port $port on 127.0.0.1 is already in use; set BASE_PORT" >&2
-        exit 1
-    fi
-done
+bench_check_ports "$BACKEND_PORT" "$ECHO_PORT" "$NGINX_PORT" "$SLUICE_PORT" "$SLUICE_HTTPS_PORT" "$SLUICE_ADMIN_PORT"
 
 # --- the helper: config generation, upgrade echo backend, change driver + prober ----------
 cat > "$WORK/prop.py" << 'PYEOF'
@@ -615,21 +612,7 @@ http {
     server_names_hash_max_size 32768;
     server_names_hash_bucket_size 128;
     variables_hash_max_size 2048;
-    map \$http_x_request_id \$req_id {
-        default \$http_x_request_id;
-        ""      \$request_id;
-    }
-    map \$http_upgrade \$connection_upgrade {
-        default upgrade;
-        ''      '';
-    }
-    upstream upstream_balancer {
-        server 127.0.0.1:$BACKEND_PORT;
-        keepalive 320;
-        keepalive_time 1h;
-        keepalive_timeout 60s;
-        keepalive_requests 10000;
-    }
+$(ingress_nginx_upstream "$BACKEND_PORT")
     upstream upstream_ws {
         server 127.0.0.1:$ECHO_PORT;
     }
