@@ -19,6 +19,43 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type both directions use once inside the proxy.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// A client's request body as the server loop that read the request delivers it: our
+/// HTTP/1 loop, or hyper's HTTP/2 server.
+#[derive(Debug)]
+pub enum Inbound {
+    Http1(super::http1::RequestBody),
+    Hyper(hyper::body::Incoming),
+}
+
+impl Body for Inbound {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Inbound::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Inbound::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Http1(body) => body.is_end_stream(),
+            Inbound::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Http1(body) => body.size_hint(),
+            Inbound::Hyper(body) => body.size_hint(),
+        }
+    }
+}
+
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})

@@ -325,7 +325,7 @@ async fn forward_with(
     };
     let client_upgrade = upgrade_protocol
         .as_ref()
-        .map(|_| hyper::upgrade::on(&mut req));
+        .map(|_| super::http1::ClientUpgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut headers = upstream_headers(settings, &parts.headers, ctx, upgrade_protocol.as_ref());
     let facts = RequestFacts {
@@ -497,9 +497,9 @@ async fn forward_with(
             let guard = tunnels.open();
             tokio::spawn(async move {
                 let _guard = guard;
-                match tokio::join!(client_upgrade, upstream_upgrade) {
+                match tokio::join!(client_upgrade.wait(), upstream_upgrade) {
                     (Ok(client), Ok(upstream)) => {
-                        tunnel(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+                        tunnel(client, TokioIo::new(upstream), idle).await;
                     }
                     (c, u) => {
                         tracing::debug!(client = ?c.err(), upstream = ?u.err(), "upgrade failed")

@@ -6,13 +6,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
+use super::body::Inbound;
 use super::conn_timer::{ConnActivity, TimedIo};
+use super::http1;
 use super::service::{handle, ConnInfo};
 use super::tls::TlsContext;
 use super::ProxyState;
@@ -88,7 +91,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _guard = guard;
             match tls {
-                None => serve_connection(stream, peer, local, "http", None, &state, drain).await,
+                None => serve_connection(stream, peer, local, None, &state, drain).await,
                 // PERF: boxed, so a plain-HTTP connection's task does not carry the TLS
                 // handshake and TLS stream states (task 6.3 KB per connection, now 2.3 KB;
                 // RSS per idle connection 23.8 -> 21.1 KB).
@@ -103,16 +106,13 @@ pub async fn serve(
                                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
                             }
                             Ok(Ok((stream, client_cert))) => {
-                                serve_connection(
-                                    stream,
-                                    peer,
-                                    local,
-                                    "https",
+                                let alpn_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                                let tls = TlsFacts {
                                     client_cert,
-                                    &state,
-                                    drain,
-                                )
-                                .await
+                                    alpn_h2,
+                                };
+                                serve_connection(stream, peer, local, Some(tls), &state, drain)
+                                    .await
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
@@ -129,72 +129,126 @@ pub async fn serve(
     }
 }
 
-/// Serve HTTP/1.1 or HTTP/2 (by ALPN on TLS, by the connection preface on cleartext) on one
-/// client connection until it ends or drains.
+/// What the TLS handshake settled for a connection.
+struct TlsFacts {
+    client_cert: Option<Arc<super::client_cert::PeerCert>>,
+    /// ALPN chose HTTP/2.
+    alpn_h2: bool,
+}
+
+/// Serve HTTP/1.1 (our loop, `http1`) or HTTP/2 (hyper; by ALPN on TLS, by the connection
+/// preface on cleartext) on one client connection until it ends or drains.
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     local: SocketAddr,
-    scheme: &'static str,
-    client_cert: Option<Arc<super::client_cert::PeerCert>>,
+    tls: Option<TlsFacts>,
     state: &Arc<ProxyState>,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: http1::Transport,
 {
-    let activity = Arc::new(ConnActivity::default());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (client_cert, alpn_h2) = tls.map_or((None, false), |t| (t.client_cert, t.alpn_h2));
     let info = Arc::new(ConnInfo {
         peer,
         local,
         scheme,
         client_cert,
         requests: Default::default(),
-        activity: activity.clone(),
+        activity: Arc::new(ConnActivity::default()),
     });
     let settings = state.snapshot.load().settings.clone();
-    // hyper's one header timer also runs while a keep-alive connection idles, so both
-    // client-header-timeout and keep-alive are kept by the IO wrapper instead.
+    // large-client-header-buffers: a request header must fit in number x size (431 beyond).
+    let (buffers, buffer_size) = settings.large_client_header_buffers;
+    let header_limit = buffers.saturating_mul(buffer_size).max(1024);
+    let limits = ConnLimits {
+        header_limit,
+        header_timeout: settings.client_header_timeout,
+        keep_alive: settings.keep_alive,
+        http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
+    };
+    // Boxed (both places): the HTTP/2 state must not sit in every HTTP/1 connection's task.
+    if alpn_h2 {
+        return Box::pin(serve_http2(io, info, limits, state, drain)).await;
+    }
+    let config = http1::Config {
+        header_limit,
+        header_timeout: settings.client_header_timeout,
+        keep_alive: settings.keep_alive,
+        // use-http2 false: TLS clients get HTTP/1.1 only, even if they send the h2 preface
+        // without having negotiated it.
+        detect_h2: scheme == "http" || settings.use_http2,
+    };
+    let service_state = state.clone();
+    let service_info = info.clone();
+    // PERF: the request future is boxed, so the connection's own future stays small while
+    // it idles (the pipeline's state is 13 KB) and is not copied as it moves.
+    let service = move |req: Request<http1::RequestBody>| {
+        let pipeline = handle(
+            service_state.clone(),
+            service_info.clone(),
+            req.map(Inbound::Http1),
+        );
+        // The pipeline never fails: every error is a response.
+        Box::pin(async move {
+            match pipeline.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
+    };
+    let served = http1::serve(io, config, service, drain.clone()).await;
+    if let Some(http1::Handoff::Http2(io)) = served {
+        Box::pin(serve_http2(io, info, limits, state, drain)).await;
+    }
+}
+
+/// What an HTTP/2 connection takes from the settings.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    header_limit: usize,
+    header_timeout: Duration,
+    keep_alive: Duration,
+    http2_max_concurrent_streams: u32,
+}
+
+/// Serve HTTP/2 with hyper until the connection ends or drains (GOAWAY, then the open
+/// streams finish).
+async fn serve_http2<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    limits: ConnLimits,
+    state: &Arc<ProxyState>,
+    mut drain: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io = TimedIo::new(
         io,
-        activity,
-        settings.client_header_timeout,
-        settings.keep_alive,
+        info.activity.clone(),
+        limits.header_timeout,
+        limits.keep_alive,
     );
-    // large-client-header-buffers: a request header must fit in number x size (hyper answers
-    // 431 beyond; its buffer cannot be smaller than 8 KiB).
-    let (buffers, buffer_size) = settings.large_client_header_buffers;
-    let header_limit = buffers.saturating_mul(buffer_size).max(8192);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
         .timer(TokioTimer::new())
-        .keep_alive(!settings.keep_alive.is_zero())
-        .header_read_timeout(None)
-        .max_buf_size(header_limit);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(header_limit).unwrap_or(u32::MAX))
-        .max_concurrent_streams(settings.http2_max_concurrent_streams);
-    // use-http2 false: TLS clients get HTTP/1.1 only, even if they send the h2 preface
-    // without having negotiated it.
-    if scheme == "https" && !settings.use_http2 {
-        builder = builder.http1_only();
-    }
+        .max_header_list_size(u32::try_from(limits.header_limit).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.http2_max_concurrent_streams);
     let service_state = state.clone();
-    // PERF: the request future is boxed. hyper keeps its in-flight slot allocated for the
-    // whole connection and moves the future into it: unboxed that slot was as large as the
-    // pipeline's state (13 KB), held by every idle keep-alive connection, and copied several
-    // times per request. Callgrind, h1 keep-alive: memcpy was 48% of the 109 000 user-space
-    // instructions per request; boxed, 62 000. RSS per idle connection: 34.8 -> 23.8 KB.
-    let service = service_fn(move |req| Box::pin(handle(service_state.clone(), info.clone(), req)));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let peer = info.peer;
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        Box::pin(handle(
+            service_state.clone(),
+            info.clone(),
+            req.map(Inbound::Hyper),
+        ))
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = async { let _ = drain.wait_for(|d| *d).await; } => {
-            // HTTP/1.1: close when idle, or after the response in flight;
-            // HTTP/2: GOAWAY, then finish the open streams.
             connection.as_mut().graceful_shutdown();
             connection.await
         }

@@ -15,6 +15,7 @@ pub mod custom_errors;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod http1;
 pub mod limit;
 pub mod listener;
 pub mod request_body;

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 
-use super::body::{OnResponseEnd, ProxyBody, ResponseBody};
+use super::body::{Inbound, OnResponseEnd, ProxyBody, ResponseBody};
 use super::client_ip::client_ip;
 use super::compress::{compress_response, ClientAccepts};
 use super::conn_timer::{ConnActivity, RequestGuard};
@@ -173,7 +172,7 @@ impl OnResponseEnd for Completion {
 pub async fn handle(
     state: Arc<ProxyState>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<Inbound>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     // ACME HTTP-01 comes before everything a route could impose (redirect, limits, auth).
     if let Some(answer) = super::acme::answer_http01(&state.acme_challenges, &req) {
@@ -606,8 +605,8 @@ fn https_redirect(
     response
 }
 
-fn access_record(
-    req: &Request<Incoming>,
+fn access_record<B>(
+    req: &Request<B>,
     client: IpAddr,
     version: Version,
     request_id: &HeaderValue,

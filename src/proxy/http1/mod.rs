@@ -1,0 +1,525 @@
+//! Our own HTTP/1.1 server connection loop (client side). hyper's server connection keeps a
+//! 16 KiB read buffer, an 8 KiB write buffer and its dispatcher state for as long as a
+//! keep-alive connection lives; this loop holds no buffer at all between requests (nginx
+//! frees its buffers too), parses heads with httparse, enforces the framing rules itself,
+//! and writes the head and a small body in one system call. HTTP/2 stays with hyper: a
+//! cleartext connection that opens with the HTTP/2 preface is handed back to the caller.
+//!
+//! PERF: 10 000 idle keep-alive connections (benches/compare.sh idle-10k) cost about 21 KB
+//! each on hyper's loop; see the issue 9 note and benches/README.md for this loop's figure.
+
+pub mod body;
+mod request;
+mod response;
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use body::PumpEnd;
+pub use body::RequestBody;
+use response::{BodyFraming, Exchange, WriteQueue, HIGH_WATER};
+
+/// What a connection needs from its transport beyond reads and writes.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when the next read would find data. Transports that cannot tell without
+    /// reading (TLS) say ready at once, and the loop then waits in a read with a buffer.
+    fn poll_read_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for TcpStream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl<T: Transport> Transport for tokio_rustls::server::TlsStream<T> {}
+
+/// Connection limits, from the ConfigMap at accept time.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// `large-client-header-buffers` (number x size): a longer head gets 431.
+    pub header_limit: usize,
+    /// `client-header-timeout`: from accept (first request) or from the first byte of a
+    /// head until the head is complete.
+    pub header_timeout: Duration,
+    /// `keep-alive`: idle time allowed between requests; zero closes after each response.
+    pub keep_alive: Duration,
+    /// Hand a connection that opens with the HTTP/2 preface back to the caller.
+    pub detect_h2: bool,
+}
+
+/// First read size for a head: most heads fit (nginx's client_header_buffer_size is 1k).
+const HEAD_READ: usize = 4096;
+/// Body bytes read and dropped after a response so the connection can be reused.
+const DISCARD_LIMIT: u64 = 64 * 1024;
+/// How long the rest of a request body may take to arrive, or a closing connection to drain
+/// (nginx's lingering_timeout).
+const LINGER: Duration = Duration::from_secs(5);
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a connection ended when it was not closed.
+pub enum Handoff<T> {
+    /// The client spoke HTTP/2 (prior knowledge): its transport and the bytes read so far.
+    Http2(Rewind<T>),
+}
+
+/// Serve HTTP/1.x requests on `io` until the client leaves, a timer expires, the
+/// connection upgrades or `drain` turns true (idle connections close at once, busy ones
+/// after their response).
+pub async fn serve<T, F, Fut, B>(
+    mut io: T,
+    config: Config,
+    mut service: F,
+    mut drain: watch::Receiver<bool>,
+) -> Option<Handoff<T>>
+where
+    T: Transport,
+    F: FnMut(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut buf = BytesMut::new();
+    let mut timer = Box::pin(tokio::time::sleep_until(
+        Instant::now() + config.header_timeout,
+    ));
+    let mut first = true;
+    loop {
+        // Idle: wait for the next request without holding a buffer.
+        if buf.is_empty() && !first {
+            timer.as_mut().reset(Instant::now() + config.keep_alive);
+        }
+        if buf.is_empty() {
+            tokio::select! {
+                biased;
+                ready = poll_fn(|cx| io.poll_read_ready(cx)) => if ready.is_err() { return None },
+                _ = timer.as_mut() => return None,
+                _ = drain.wait_for(|d| *d) => return None,
+            }
+        }
+        // client-header-timeout runs from accept for the first request, else from the
+        // head's first byte (a transport that cannot tell readiness is still idle here).
+        let mut head_timed = first;
+        if !head_timed && !buf.is_empty() {
+            timer.as_mut().reset(Instant::now() + config.header_timeout);
+            head_timed = true;
+        }
+
+        // The head.
+        let (parsed, len) = loop {
+            if !buf.is_empty() {
+                if first && config.detect_h2 && is_h2_start(&buf) {
+                    if buf.len() >= H2_PREFACE.len() {
+                        return Some(Handoff::Http2(Rewind::new(io, buf.freeze())));
+                    }
+                } else {
+                    match request::parse(&buf) {
+                        Ok(Some(done)) => break done,
+                        Ok(None) if buf.len() >= config.header_limit => {
+                            refuse(&mut io, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).await;
+                            return None;
+                        }
+                        Ok(None) => {}
+                        Err(refused) => {
+                            refuse(&mut io, refused.0).await;
+                            return None;
+                        }
+                    }
+                }
+            }
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(HEAD_READ.max(buf.len()));
+            }
+            let idle = !head_timed;
+            tokio::select! {
+                biased;
+                read = poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut buf)) => match read {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) if !head_timed => {
+                        timer.as_mut().reset(Instant::now() + config.header_timeout);
+                        head_timed = true;
+                    }
+                    Ok(_) => {}
+                },
+                // client-header-timeout: nginx closes without an answer (408 in its log).
+                _ = timer.as_mut() => return None,
+                _ = drain.wait_for(|d| *d), if idle => return None,
+            }
+        };
+        first = false;
+        let head_bytes = buf.split_to(len).freeze();
+        let head = match request::build(parsed, &head_bytes) {
+            Ok(head) => head,
+            Err(refused) => {
+                refuse(&mut io, refused.0).await;
+                return None;
+            }
+        };
+
+        // The request, and its body fed from this task on demand.
+        let (body, mut pump) = match body::channel(head.framing, head.expect_continue) {
+            Some((body, pump)) => (body, Some(pump)),
+            None => (RequestBody::empty(), None),
+        };
+        let method = head.method.clone();
+        let version = head.version;
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
+        *req.version_mut() = head.version;
+        *req.headers_mut() = head.headers;
+        let upgrade = head.wants_upgrade.then(|| {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut()
+                .insert(PendingUpgrade(Arc::new(Mutex::new(Some(rx)))));
+            tx
+        });
+        drop(head_bytes);
+        let mut pump_end = None;
+        let response = {
+            let future = service(req);
+            tokio::pin!(future);
+            poll_fn(|cx| {
+                if let (Some(p), None) = (pump.as_mut(), pump_end) {
+                    if let Poll::Ready(end) = p.poll_pump(cx, &mut io, &mut buf) {
+                        pump_end = Some(end);
+                    }
+                }
+                future.as_mut().poll(cx)
+            })
+            .await
+        };
+
+        // The response head.
+        let (mut parts, mut body) = response.into_parts();
+        let exchange = Exchange {
+            method: &method,
+            version,
+            keep_alive: head.keep_alive && !config.keep_alive.is_zero() && !*drain.borrow(),
+        };
+        let mut out = WriteQueue::default();
+        let mut head_out = Vec::with_capacity(256 + parts.headers.len() * 48);
+        let (framing, mut keep_alive) = response::encode_head(
+            parts.status,
+            &mut parts.headers,
+            body.size_hint().exact(),
+            exchange,
+            &mut head_out,
+        );
+        out.push_owned(head_out);
+
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            let flushed = poll_fn(|cx| out.poll_flush(cx, &mut io)).await;
+            drop(body);
+            match (upgrade, flushed) {
+                (Some(tx), Ok(())) => {
+                    // The tunnel takes the transport and whatever the client sent after its
+                    // head; this task ends.
+                    let io: Box<dyn Transport> = Box::new(io);
+                    let _ = tx.send(Rewind::new(io, buf.freeze()));
+                }
+                _ => {
+                    let _ = io.shutdown().await;
+                }
+            }
+            return None;
+        }
+
+        // The response body, while the request body keeps flowing if still wanted.
+        let mut sent = 0u64;
+        let mut body_done = framing == BodyFraming::None;
+        let written = poll_fn(|cx| {
+            if let (Some(p), None) = (pump.as_mut(), pump_end) {
+                if let Poll::Ready(end) = p.poll_pump(cx, &mut io, &mut buf) {
+                    pump_end = Some(end);
+                }
+            }
+            loop {
+                let mut progressed = false;
+                if !body_done && out.len() < HIGH_WATER {
+                    match Pin::new(&mut body).poll_frame(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            progressed = true;
+                            if let Ok(data) = frame.into_data() {
+                                if let Err(e) = queue_data(&mut out, framing, &mut sent, data) {
+                                    return Poll::Ready(Err(e));
+                                }
+                            }
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            tracing::debug!(error = %e, "response body failed; closing the client connection");
+                            // What was queued still goes out; the client sees a cut body.
+                            body_done = true;
+                            keep_alive = false;
+                            progressed = true;
+                        }
+                        Poll::Ready(None) => {
+                            body_done = true;
+                            progressed = true;
+                            match framing {
+                                BodyFraming::Chunked => out.copy(b"0\r\n\r\n"),
+                                BodyFraming::Length(n) if sent < n => keep_alive = false,
+                                _ => {}
+                            }
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                let before = out.len();
+                match out.poll_flush(cx, &mut io) {
+                    Poll::Ready(Ok(())) if body_done => return Poll::Ready(Ok(())),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    // Room again below the high-water mark: the body is polled next.
+                    Poll::Ready(Ok(())) | Poll::Pending => progressed |= out.len() < before,
+                }
+                if !progressed {
+                    return Poll::Pending;
+                }
+            }
+        })
+        .await;
+        // The response's end: metrics and the access log are recorded as it drops.
+        drop(body);
+        if written.is_err() {
+            return None;
+        }
+        if framing == BodyFraming::Close {
+            keep_alive = false;
+        }
+
+        // What is left of the request body: read on while the pipeline reads it; what it
+        // abandoned is dropped if it is already here, else the connection closes (as
+        // hyper does; a stalled client is not waited for).
+        if let (Some(p), true) = (pump.as_mut(), keep_alive) {
+            let mut end = pump_end;
+            let finished = tokio::time::timeout(LINGER, async {
+                loop {
+                    match end {
+                        Some(PumpEnd::Complete) => return true,
+                        Some(PumpEnd::Unfinished) => return false,
+                        Some(PumpEnd::Abandoned) => {
+                            p.discard_rest(DISCARD_LIMIT);
+                            let now = poll_fn(|cx| p.poll_pump(cx, &mut io, &mut buf));
+                            return now.now_or_never() == Some(PumpEnd::Complete);
+                        }
+                        None => end = Some(poll_fn(|cx| p.poll_pump(cx, &mut io, &mut buf)).await),
+                    }
+                }
+            })
+            .await;
+            if finished != Ok(true) {
+                keep_alive = false;
+            }
+        }
+        if !keep_alive || *drain.borrow() {
+            close(&mut io, &mut buf).await;
+            return None;
+        }
+        // Nothing is held while idle unless the client already sent more (pipelining).
+        if buf.is_empty() {
+            buf = BytesMut::new();
+        }
+    }
+}
+
+/// Queue one data frame with the response's framing.
+fn queue_data(
+    out: &mut WriteQueue,
+    framing: BodyFraming,
+    sent: &mut u64,
+    mut data: Bytes,
+) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    match framing {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => {
+            if *sent + data.len() as u64 > n {
+                // More than the head declared: send what was declared and end the
+                // connection rather than frame a second response from the excess.
+                data.truncate((n - *sent) as usize);
+                *sent = n;
+                out.push_data(data);
+                return Err(io::Error::other(
+                    "response body longer than its Content-Length",
+                ));
+            }
+            *sent += data.len() as u64;
+            out.push_data(data);
+        }
+        BodyFraming::Chunked => {
+            *sent += data.len() as u64;
+            response::chunk_line(data.len(), out);
+            out.push_data(data);
+            out.copy(b"\r\n");
+        }
+        BodyFraming::Close => {
+            *sent += data.len() as u64;
+            out.push_data(data);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `buf` could be the start of the HTTP/2 connection preface.
+fn is_h2_start(buf: &[u8]) -> bool {
+    let n = buf.len().min(H2_PREFACE.len());
+    buf[..n] == H2_PREFACE[..n]
+}
+
+/// Answer a request that cannot be served (bad syntax, ambiguous framing, too large) and
+/// close: nothing after it on the connection can be trusted.
+async fn refuse<T: Transport>(io: &mut T, status: StatusCode) {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let _ = tokio::time::timeout(LINGER, async {
+        io.write_all(&out).await?;
+        io.flush().await
+    })
+    .await;
+    close(io, &mut BytesMut::new()).await;
+}
+
+/// Close after a response: send FIN, then read and drop what the client still sends for a
+/// short while, so unread input does not make the kernel reset the connection before the
+/// client has read the response (nginx's lingering close).
+async fn close<T: Transport>(io: &mut T, buf: &mut BytesMut) {
+    let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut drained = 0u64;
+        loop {
+            buf.clear();
+            if buf.capacity() < 1024 {
+                buf.reserve(4096);
+            }
+            match poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)).await {
+                Ok(n) if n > 0 && drained < DISCARD_LIMIT => drained += n as u64,
+                _ => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// A transport with bytes already read from it put back in front.
+pub struct Rewind<T> {
+    prefix: Bytes,
+    io: T,
+}
+
+impl<T> Rewind<T> {
+    pub fn new(io: T, prefix: Bytes) -> Rewind<T> {
+        Rewind { prefix, io }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(out.remaining());
+            out.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, out)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The upgraded connection a request will get if its response is `101`, kept in the
+/// request's extensions (which must be `Clone`, hence the shared slot).
+#[derive(Clone)]
+struct PendingUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+/// A client transport handed over by `101`, with what the client sent after its head.
+pub type Upgraded = Rewind<Box<dyn Transport>>;
+
+/// A client connection after `101 Switching Protocols`, whichever server loop served it.
+pub trait UpgradedIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpgradedIo for T {}
+
+/// The client side of an upgrade, taken from the request before it is forwarded.
+pub enum ClientUpgrade {
+    Own(oneshot::Receiver<Upgraded>),
+    Hyper(hyper::upgrade::OnUpgrade),
+}
+
+impl ClientUpgrade {
+    pub fn on<B>(req: &mut Request<B>) -> ClientUpgrade {
+        let own = req
+            .extensions_mut()
+            .remove::<PendingUpgrade>()
+            .and_then(|pending| pending.0.lock().ok()?.take());
+        match own {
+            Some(rx) => ClientUpgrade::Own(rx),
+            None => ClientUpgrade::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    /// The client's transport once the `101` went out.
+    pub async fn wait(self) -> Result<Box<dyn UpgradedIo>, String> {
+        match self {
+            ClientUpgrade::Own(rx) => match rx.await {
+                Ok(io) => Ok(Box::new(io)),
+                Err(_) => Err("the client connection ended before the upgrade".into()),
+            },
+            ClientUpgrade::Hyper(on) => match on.await {
+                Ok(upgraded) => Ok(Box::new(hyper_util::rt::TokioIo::new(upgraded))),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+}
