@@ -233,6 +233,9 @@ async fn sigterm_with_an_idle_process_exits_zero_promptly() {
         idle.get("any.example", "/").await.unwrap().status,
         StatusCode::NOT_FOUND
     );
+    // And a connection that has not sent a byte yet (closed at drain, not at its timer).
+    let silent = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
     proxy.sigterm();
     let signalled = Instant::now();
     let status = proxy
@@ -241,6 +244,7 @@ async fn sigterm_with_an_idle_process_exits_zero_promptly() {
         .unwrap_or_else(|| panic!("no exit within 5 s:\n{}", proxy.log()));
     assert!(status.success(), "exit status {status}:\n{}", proxy.log());
     assert!(idle.wait_closed(Duration::from_secs(1)).await);
+    drop(silent);
     eprintln!("idle exit after {:?}", signalled.elapsed());
 }
 

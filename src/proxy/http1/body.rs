@@ -143,6 +143,8 @@ pub struct BodyPump {
     decoder: Decoder,
     /// Bytes of `100 Continue` still to write (0 when none is owed).
     continue_owed: usize,
+    /// The final response went out before the body was wanted: no `100 Continue` was sent.
+    continue_withheld: bool,
     finished: bool,
     failed: bool,
     /// After the response: bytes that may still be read and dropped.
@@ -182,6 +184,7 @@ pub fn channel(framing: Framing, expect_continue: bool) -> Option<(RequestBody, 
             shared,
             decoder,
             continue_owed: if expect_continue { CONTINUE.len() } else { 0 },
+            continue_withheld: false,
             finished: false,
             failed: false,
             discard: None,
@@ -190,9 +193,24 @@ pub fn channel(framing: Framing, expect_continue: bool) -> Option<(RequestBody, 
 }
 
 impl BodyPump {
-    /// Whether the body never started to be read (a `100 Continue` is still owed).
+    /// Whether the body never started to be read (a `100 Continue` is still owed, or was
+    /// withheld because the final response came first).
     pub fn untouched(&self) -> bool {
-        self.continue_owed == CONTINUE.len()
+        self.continue_withheld || self.continue_owed == CONTINUE.len()
+    }
+
+    /// The final response head is queued next, and a `100 Continue` must not follow it. One
+    /// not yet begun is never sent (as hyper does; the client sends its body after its own
+    /// wait, or not at all); the rest of one begun is returned, to go out before the head.
+    pub fn final_head(&mut self) -> &'static [u8] {
+        if self.continue_owed == CONTINUE.len() {
+            self.continue_withheld = true;
+            self.continue_owed = 0;
+            return b"";
+        }
+        let rest = &CONTINUE[CONTINUE.len() - self.continue_owed..];
+        self.continue_owed = 0;
+        rest
     }
 
     /// After the response: read what is left of the body and drop it, up to `limit` bytes,

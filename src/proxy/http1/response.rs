@@ -59,7 +59,14 @@ pub fn encode_head(
         headers.remove(header::TRANSFER_ENCODING);
         BodyFraming::None
     } else if *exchange.method == Method::HEAD {
-        // The head describes the body a GET would get; nothing is sent.
+        // The head describes the body a GET would get; nothing is sent. A body of known
+        // length (the proxy's own pages) is declared as nginx does; an upstream's answer to
+        // HEAD brings its own Content-Length and an empty body.
+        if let Some(length) = exact.filter(|&n| n > 0) {
+            if !headers.contains_key(header::CONTENT_LENGTH) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
+        }
         BodyFraming::None
     } else if let Some(length) = declared_length(headers) {
         headers.remove(header::TRANSFER_ENCODING);
@@ -345,6 +352,15 @@ mod tests {
         );
         assert_eq!(framing, BodyFraming::None);
         assert!(text.contains("content-length: 10\r\n"));
+        let (text, framing, _) = head(
+            StatusCode::NOT_FOUND,
+            &[],
+            Some(3),
+            Method::HEAD,
+            Version::HTTP_11,
+        );
+        assert_eq!(framing, BodyFraming::None);
+        assert!(text.contains("content-length: 3\r\n"), "{text}");
         let (text, framing, _) = head(
             StatusCode::NO_CONTENT,
             &[("content-length", "0")],
