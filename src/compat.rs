@@ -370,7 +370,7 @@ pub const CONFIGMAP_KEYS: &[Entry] = &[
     e("proxy-redirect-to", P1, Low),
     e("proxy-cookie-domain", P1, Low),
     e("proxy-cookie-path", P1, Low),
-    e("large-client-header-buffers", P1, Low).differs("a request header over number x size gets 431 (nginx: 400)"),
+    e("large-client-header-buffers", P1, Low),
     e("client-header-buffer-size", P1, Low).instead("large-client-header-buffers"),
     e("client-header-timeout", P1, Low),
     e("client-body-timeout", P1, Low),

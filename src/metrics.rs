@@ -153,30 +153,34 @@ impl MetricConstructor<AtomicHistogram> for Buckets {
 
 type HistogramFamily = Family<RequestLabels, AtomicHistogram, Buckets>;
 
-/// `nginx_process_connections{state}`: `active` (open client connections), `writing`
-/// (requests in flight, which nginx counts as connections writing a response) and `waiting`
-/// (the rest: idle keep-alive connections and connections still reading a request). Sluice
-/// cannot tell `reading` apart (hyper reads request heads internally), so that state is not
-/// exported rather than exported as a made-up 0.
+/// `nginx_process_connections{state}`: `active` (open client connections), `reading`
+/// (HTTP/1 connections receiving a request head), `writing` (requests in flight, which nginx
+/// counts as connections writing a response) and `waiting` (the rest: idle keep-alive
+/// connections, TLS handshakes, HTTP/2 connections without a stream).
 #[derive(Debug)]
 struct ConnectionStates {
     active: Gauge,
+    reading: Gauge,
     writing: Gauge,
 }
 
 impl EncodeMetric for ConnectionStates {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let active = self.active.get();
-        let writing = self.writing.get().clamp(0, active.max(0));
+        let active = self.active.get().max(0);
+        let reading = self.reading.get().clamp(0, active);
+        let writing = self.writing.get().clamp(0, active - reading);
         encoder
             .encode_family(&[("state", "active")])?
             .encode_gauge(&active)?;
+        encoder
+            .encode_family(&[("state", "reading")])?
+            .encode_gauge(&reading)?;
         encoder
             .encode_family(&[("state", "writing")])?
             .encode_gauge(&writing)?;
         encoder
             .encode_family(&[("state", "waiting")])?
-            .encode_gauge(&(active - writing).max(0))
+            .encode_gauge(&(active - reading - writing))
     }
     fn metric_type(&self) -> MetricType {
         MetricType::Gauge
@@ -679,6 +683,8 @@ pub struct Metrics {
     /// `sluice_publish_duration_seconds`: store change to live snapshot.
     pub publish_duration: AtomicHistogram,
     pub connections_active: Gauge,
+    /// HTTP/1 connections receiving a request head.
+    pub connections_reading: Gauge,
     pub connections_accepted: Counter,
     /// Requests in flight (`nginx_process_connections{state="writing"}`).
     requests_in_flight: Gauge,
@@ -753,6 +759,7 @@ impl Metrics {
             snapshot_generation: Gauge::default(),
             publish_duration: AtomicHistogram::new(PUBLISH_BUCKETS.into()),
             connections_active: Gauge::default(),
+            connections_reading: Gauge::default(),
             connections_accepted: Counter::default(),
             requests_in_flight: Gauge::default(),
             requests_total: Counter::default(),
@@ -890,6 +897,7 @@ impl Metrics {
                 "current number of client connections with state {active, reading, writing, waiting}",
                 ConnectionStates {
                     active: metrics.connections_active.clone(),
+                    reading: metrics.connections_reading.clone(),
                     writing: metrics.requests_in_flight.clone(),
                 },
             );

@@ -139,8 +139,8 @@ pub struct Settings {
     pub custom_http_errors: Vec<u16>,
     /// `proxy-request-buffering` (on): read the whole request body before proxying.
     pub proxy_request_buffering: bool,
-    /// `large-client-header-buffers` (`4 8k`): a header line over the size gets 400, a
-    /// request header over number x size gets 431 (hyper's answer; nginx says 400).
+    /// `large-client-header-buffers` (`4 8k`): a header line over the size, or a request
+    /// header over number x size, gets 400 and a closed connection (as nginx).
     pub large_client_header_buffers: (usize, usize),
     /// `use-gzip` / `enable-gzip` (false), `gzip-level` (1), `gzip-types` (ingress-nginx's
     /// list; text/html always), `gzip-min-length` (256), `gzip-disable` (none; a regex on

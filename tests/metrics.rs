@@ -412,7 +412,7 @@ async fn request_metrics_after_known_traffic() {
             &[("state", "handled")]
         )
     );
-    for state in ["active", "writing", "waiting"] {
+    for state in ["active", "reading", "writing", "waiting"] {
         s.exact(
             "nginx_ingress_controller_nginx_process_connections",
             &[("state", state)],
@@ -483,6 +483,43 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn a_connection_sending_its_head_counts_as_reading_until_the_head_is_complete() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = Backend::start("web").await;
+    let sluice = start(web.addr, |_| {}).await;
+    let state = |s: &Scrape, state: &str| {
+        s.exact(
+            "nginx_ingress_controller_nginx_process_connections",
+            &[("state", state)],
+        )
+    };
+    let idle = tokio::net::TcpStream::connect(sluice.http).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(sluice.http).await.unwrap();
+    slow.write_all(format!("GET /api HTTP/1.1\r\nHost: {SHOP}\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Both connections are seen once the partial head was read (polled: no fixed sleep).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        let s = scrape(&sluice).await;
+        if state(&s, "reading") >= 1.0 || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(state(&s, "reading"), 1.0, "{}", s.text);
+    // The scrape's own connection is writing; the idle one waits.
+    assert!(state(&s, "waiting") >= 1.0);
+    slow.write_all(b"Connection: close\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    slow.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(state(&scrape(&sluice).await, "reading"), 0.0);
+    drop((idle, slow));
+    sluice.shutdown().await;
 }
 
 #[tokio::test]
