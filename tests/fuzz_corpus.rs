@@ -50,3 +50,8 @@ fn router_corpus() {
 fn headers_corpus() {
     replay("headers", checks::headers);
 }
+
+#[test]
+fn http1_corpus() {
+    replay("http1", checks::http1);
+}

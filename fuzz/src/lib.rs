@@ -356,3 +356,391 @@ pub fn headers(data: &[u8]) {
     }
     translate_objects(decoded, &["/api/v1/x", "/API/v2/", "/api/v1/%0d%0a"]);
 }
+
+/// `http1`: the bytes one client sends on a connection, fed to our HTTP/1 server loop
+/// (`sluice::proxy::http1::serve`) over an in-memory transport, on a paused-clock runtime so
+/// every timer fires at once when nothing else can run. The client writes everything, closes
+/// its sending side and reads until the server closes. A trivial service answers each
+/// request; the request target picks what it does: `stream` answers without a length
+/// (chunked, or close-delimited for HTTP/1.0), `echo` streams the request body back as the
+/// response body (so the request body is wanted only after the response head), `skip` leaves
+/// the request body unread, `close` answers with `Connection: close`; an upgrade request gets `101` and an echo tunnel.
+/// Checked besides "no panic": the loop ends; what the server wrote is a sequence of
+/// HTTP/1.1 responses, one final response per request the service saw (in order, with the
+/// body the service sent and nothing after a `connection: close`), then at most one refusal;
+/// no request reaches the service with both Content-Length and Transfer-Encoding, and a body
+/// read whole is as long as its Content-Length; what a tunnel echoes is the end of the input.
+pub fn http1(data: &[u8]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    runtime.block_on(http1_exchange(data));
+}
+
+/// What the `http1` service saw of one request.
+#[derive(Debug)]
+struct Seen {
+    head: bool,
+    upgrade: bool,
+    /// The response body it sent.
+    body: std::rc::Rc<std::cell::RefCell<Sent>>,
+}
+
+/// A response body as the service sent it: fixed, or the request body echoed as it came.
+#[derive(Debug, Default)]
+struct Sent {
+    bytes: Vec<u8>,
+    /// The echoed request body failed: the response was cut after `bytes`.
+    cut: bool,
+}
+
+/// A response body of one or two frames, with or without a known length, or the request
+/// body streamed back (`echo`).
+struct Reply {
+    frames: std::collections::VecDeque<bytes::Bytes>,
+    sized: bool,
+    echo: Option<(
+        sluice::proxy::http1::RequestBody,
+        std::rc::Rc<std::cell::RefCell<Sent>>,
+    )>,
+}
+
+impl http_body::Body for Reply {
+    type Data = bytes::Bytes;
+    type Error = &'static str;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if let Some((body, sent)) = &mut self.echo {
+            match std::pin::Pin::new(body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let data = frame.into_data().unwrap_or_default();
+                    sent.borrow_mut().bytes.extend_from_slice(&data);
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    sent.borrow_mut().cut = true;
+                    self.echo = None;
+                    return Poll::Ready(Some(Err("the request body failed")));
+                }
+                Poll::Ready(None) => self.echo = None,
+            }
+        }
+        Poll::Ready(
+            self.frames
+                .pop_front()
+                .map(|d| Ok(http_body::Frame::data(d))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.echo.is_none() && self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.sized && self.echo.is_none() {
+            http_body::SizeHint::with_exact(self.frames.iter().map(|f| f.len() as u64).sum())
+        } else {
+            http_body::SizeHint::default()
+        }
+    }
+}
+
+async fn http1_exchange(data: &[u8]) {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use http::{header, Request, Response, StatusCode, Version};
+    use http_body_util::BodyExt;
+    use sluice::proxy::http1::{self, ClientUpgrade, RequestBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Small pipes split heads and bodies over many reads; a large one delivers a pipeline
+    // whole. The length picks one so mutations try both.
+    let capacity = [29, 512, 65536][data.len() % 3];
+    let (client, server) = tokio::io::duplex(capacity);
+    let seen: Rc<RefCell<Vec<Seen>>> = Rc::default();
+    let upgrades: Rc<RefCell<Vec<ClientUpgrade>>> = Rc::default();
+    let config = http1::Config {
+        header_limit: 4096,
+        header_timeout: Duration::from_secs(60),
+        keep_alive: Duration::from_secs(75),
+        detect_h2: true,
+        reading: Default::default(),
+    };
+    let service = {
+        let seen = seen.clone();
+        let upgrades = upgrades.clone();
+        move |mut req: Request<RequestBody>| {
+            let seen = seen.clone();
+            let upgrades = upgrades.clone();
+            async move {
+                let headers = req.headers();
+                assert!(
+                    !(headers.contains_key(header::CONTENT_LENGTH)
+                        && headers.contains_key(header::TRANSFER_ENCODING)),
+                    "a request with both Content-Length and Transfer-Encoding was served: {req:?}"
+                );
+                assert!(
+                    req.version() == Version::HTTP_10 || headers.contains_key(header::HOST),
+                    "an HTTP/1.1 request without Host was served: {req:?}"
+                );
+                // Fewer bytes than the head took on the wire (no request line, ": " as one).
+                let at_least = req.uri().path().len()
+                    + headers
+                        .iter()
+                        .map(|(n, v)| n.as_str().len() + v.len() + 3)
+                        .sum::<usize>();
+                assert!(
+                    at_least <= 4096,
+                    "a head over the limit was served: {req:?}"
+                );
+                let declared = headers
+                    .get(header::CONTENT_LENGTH)
+                    .map(|v| v.to_str().unwrap().trim().parse::<u64>().unwrap());
+                let target = req.uri().to_string();
+                let head = req.method() == http::Method::HEAD;
+                let upgrade = req.headers().contains_key(header::UPGRADE)
+                    && match ClientUpgrade::on(&mut req) {
+                        own @ ClientUpgrade::Own(_) => {
+                            upgrades.borrow_mut().push(own);
+                            true
+                        }
+                        ClientUpgrade::Hyper(_) => false,
+                    };
+                let echo = target.contains("echo") && !upgrade;
+                let mut request_body = Some(req.into_body());
+                if !target.contains("skip") && !upgrade && !echo {
+                    if let Ok(body) = request_body.take().unwrap().collect().await {
+                        let len = body.to_bytes().len() as u64;
+                        if let Some(declared) = declared {
+                            assert_eq!(len, declared, "body length against Content-Length");
+                        }
+                    }
+                }
+                let (status, frames, sized): (_, &[&'static [u8]], _) = if upgrade {
+                    (StatusCode::SWITCHING_PROTOCOLS, &[], true)
+                } else if echo {
+                    (StatusCode::OK, &[], false)
+                } else if target.contains("stream") {
+                    (StatusCode::OK, &[b"str", b"eamed\n"], false)
+                } else {
+                    (StatusCode::OK, &[b"ok\n"], true)
+                };
+                let sent = Rc::new(RefCell::new(Sent::default()));
+                if !(head || upgrade || echo) {
+                    sent.borrow_mut().bytes = frames.concat();
+                }
+                seen.borrow_mut().push(Seen {
+                    head,
+                    upgrade,
+                    body: sent.clone(),
+                });
+                let mut response = Response::new(Reply {
+                    frames: frames
+                        .iter()
+                        .map(|f| bytes::Bytes::from_static(f))
+                        .collect(),
+                    sized,
+                    echo: echo.then(|| (request_body.take().unwrap(), sent)),
+                });
+                *response.status_mut() = status;
+                if upgrade {
+                    let h = response.headers_mut();
+                    h.insert(header::CONNECTION, "upgrade".parse().unwrap());
+                    h.insert(header::UPGRADE, "websocket".parse().unwrap());
+                } else if target.contains("close") {
+                    let h = response.headers_mut();
+                    h.insert(header::CONNECTION, "close".parse().unwrap());
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        }
+    };
+    // The drain sender lives as long as the connection (a dropped one reads as "drain").
+    let (_drain, drain) = tokio::sync::watch::channel(false);
+    let serve = async {
+        let _handoff = http1::serve(server, config, service, drain).await;
+        // Tunnels echo what the client sends after its upgrade request.
+        let pending = std::mem::take(&mut *upgrades.borrow_mut());
+        for upgrade in pending {
+            if let Ok(mut io) = upgrade.wait().await {
+                let mut chunk = [0u8; 256];
+                while let Ok(n @ 1..) = io.read(&mut chunk).await {
+                    if io.write_all(&chunk[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = io.shutdown().await;
+            }
+        }
+    };
+    let (mut from_server, mut to_server) = tokio::io::split(client);
+    let send = async {
+        let _ = to_server.write_all(data).await;
+        let _ = to_server.shutdown().await;
+    };
+    let receive = async {
+        let mut out = Vec::new();
+        let _ = from_server.read_to_end(&mut out).await;
+        out
+    };
+    // Virtual time: a day passes at once when only timers are left, so this fails only if
+    // the loop waits on something that never comes.
+    let ((), (), out) = tokio::time::timeout(Duration::from_secs(86_400), async {
+        tokio::join!(serve, send, receive)
+    })
+    .await
+    .expect("the connection loop ended");
+    check_responses(data, &out, &seen.borrow());
+}
+
+/// What the client read: responses to the requests the service saw, in order.
+fn check_responses(input: &[u8], out: &[u8], seen: &[Seen]) {
+    let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut rest = out;
+    let mut finals = 0;
+    while !rest.is_empty() {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut fields);
+        let len = match response.parse(rest) {
+            Ok(httparse::Status::Complete(len)) => len,
+            other => panic!(
+                "not an HTTP/1.1 response ({other:?}) after {finals} responses: {:?}",
+                show(rest)
+            ),
+        };
+        assert!(rest.starts_with(b"HTTP/1.1 "), "{:?}", show(rest));
+        let code = response.code.expect("a status");
+        let field = |name: &str| {
+            response
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+                .collect::<Vec<_>>()
+        };
+        let lengths = field("content-length");
+        let chunked = field("transfer-encoding")
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case(b"chunked"));
+        let close = field("connection")
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case(b"close"));
+        rest = &rest[len..];
+        if code == 100 {
+            // Sent only when the service wants a body: its request is the next one answered.
+            assert!(finals < seen.len(), "100 Continue for no request");
+            continue;
+        }
+        assert!(code >= 200 || code == 101, "unexpected {code}");
+        assert!(
+            lengths.len() <= 1 && (lengths.is_empty() || !chunked),
+            "{lengths:?}"
+        );
+        let request = seen.get(finals);
+        finals += 1;
+        let Some(request) = request else {
+            // A refusal (400, 413, 431, 501): the last thing on the connection.
+            assert!((400..600).contains(&code), "{code} answered no request");
+            assert!(
+                close && lengths == [b"0"],
+                "refusal framing: {:?}",
+                show(out)
+            );
+            assert!(rest.is_empty(), "bytes after a refusal: {:?}", show(rest));
+            break;
+        };
+        if code == 101 {
+            assert!(request.upgrade, "101 to a request that did not upgrade");
+            // What follows is the tunnel's echo: the client's bytes after its request.
+            assert!(
+                input.ends_with(rest),
+                "the tunnel echoed what the client did not send last: {:?}",
+                show(rest)
+            );
+            break;
+        }
+        let sent = request.body.borrow();
+        let body: Vec<u8> = if request.head {
+            Vec::new()
+        } else if chunked {
+            let mut body = Vec::new();
+            loop {
+                let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+                    // A response whose body failed ends where it failed, with the connection.
+                    assert!(sent.cut, "cut chunk line: {:?}", show(rest));
+                    rest = &[];
+                    break;
+                };
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16)
+                        .unwrap_or_else(|_| panic!("chunk size: {:?}", show(rest)));
+                rest = &rest[line_end + 2..];
+                if size == 0 {
+                    assert!(rest.starts_with(b"\r\n"), "chunked end: {:?}", show(rest));
+                    rest = &rest[2..];
+                    break;
+                }
+                if rest.len() < size + 2 {
+                    assert!(sent.cut, "cut chunk: {:?}", show(rest));
+                    body.extend_from_slice(&rest[..size.min(rest.len())]);
+                    rest = &[];
+                    break;
+                }
+                assert!(
+                    &rest[size..size + 2] == b"\r\n",
+                    "chunk end: {:?}",
+                    show(rest)
+                );
+                body.extend_from_slice(&rest[..size]);
+                rest = &rest[size + 2..];
+            }
+            body
+        } else if let [length] = lengths[..] {
+            let n: usize = std::str::from_utf8(length).unwrap().parse().unwrap();
+            assert!(rest.len() >= n, "cut body: {:?}", show(out));
+            let body = rest[..n].to_vec();
+            rest = &rest[n..];
+            body
+        } else {
+            assert!(close, "a body without length on a kept-alive connection");
+            std::mem::take(&mut rest).to_vec()
+        };
+        if sent.cut {
+            assert!(
+                sent.bytes.starts_with(&body),
+                "cut response body: {:?}",
+                show(out)
+            );
+            assert!(
+                rest.is_empty(),
+                "bytes after a cut response: {:?}",
+                show(rest)
+            );
+        } else {
+            assert_eq!(show(&body), show(&sent.bytes), "response body");
+        }
+        if close {
+            assert!(
+                rest.is_empty(),
+                "bytes after connection: close: {:?}",
+                show(rest)
+            );
+        }
+    }
+    assert_eq!(
+        finals.min(seen.len()),
+        seen.len(),
+        "the service saw {} requests, {finals} responses were written: {:?}",
+        seen.len(),
+        show(out)
+    );
+}
