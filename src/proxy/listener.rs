@@ -88,7 +88,7 @@ pub async fn serve(
         let drain = drain.clone();
         let guard = state.connections.open();
         let tls = tls.clone();
-        let task = async move {
+        tokio::spawn(async move {
             let _guard = guard;
             match tls {
                 None => serve_connection(stream, peer, local, None, &state, drain).await,
@@ -125,11 +125,7 @@ pub async fn serve(
             }
             state.metrics.connections_active.dec();
             closed.notify_one();
-        };
-        if std::env::var_os("SLUICE_TASK_SIZE").is_some() {
-            eprintln!("connection task {} bytes", std::mem::size_of_val(&task));
-        }
-        tokio::spawn(task);
+        });
     }
 }
 
