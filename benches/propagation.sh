@@ -495,48 +495,11 @@ export WORK INGRESSES APPS_PER_FILE BACKEND_PORT NGINX_PORT CHANGES INTERVAL POL
 echo "generating $INGRESSES Ingresses ($APPS_PER_FILE per manifest file) and nginx's server list..."
 "$PYTHON" "$WORK/prop.py" gen
 
-cat > "$WORK/manifests/00-base.yaml" << EOF
-apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata:
-  name: nginx
-spec:
-  controller: k8s.io/ingress-nginx
----
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: sluice
-  namespace: bench
-data:
-  disable-access-log: "true"
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: ws
-  namespace: bench
-spec:
-  ports:
-  - name: http
-    port: 80
-    targetPort: $ECHO_PORT
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: ws-1
-  namespace: bench
-  labels:
-    kubernetes.io/service-name: ws
-addressType: IPv4
-ports:
-- name: http
-  port: $ECHO_PORT
-endpoints:
-- addresses: ["127.0.0.1"]
-  conditions:
-    ready: true
+# The IngressClass, the ConfigMap and the echo backend (lib.sh's Service `backend`), plus the
+# Ingress for the upgraded connections.
+{
+    sluice_base_manifests "$ECHO_PORT"
+    cat << EOF
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -553,10 +516,11 @@ spec:
         pathType: Prefix
         backend:
           service:
-            name: ws
+            name: backend
             port:
               name: http
 EOF
+} > "$WORK/manifests/00-base.yaml"
 
 mkdir -p "$WORK/backend-tmp" "$WORK/proxy-tmp"
 cat > "$WORK/backend.conf" << EOF
