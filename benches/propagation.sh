@@ -121,22 +121,9 @@ cat > "$WORK/prop.py" << 'PYEOF'
 import base64, hashlib, json, os, socket, socketserver, subprocess, sys, threading, time
 
 BODY = b"hello from backend\n"
-HEADERS = """            proxy_set_header Host              $http_host;
-            proxy_set_header Upgrade           $http_upgrade;
-            proxy_set_header Connection        $connection_upgrade;
-            proxy_set_header X-Request-ID      $req_id;
-            proxy_set_header X-Real-IP         $remote_addr;
-            proxy_set_header X-Forwarded-For   $remote_addr;
-            proxy_set_header X-Forwarded-Host  $http_host;
-            proxy_set_header X-Forwarded-Port  $server_port;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Scheme $scheme;
-            proxy_set_header X-Scheme          $scheme;
-            proxy_set_header X-Original-URI    $request_uri;
-            proxy_set_header Proxy             "";
-            proxy_buffering off;
-            proxy_http_version 1.1;
-"""
+# The location block lib.sh's ingress_location renders (the proxy settings compare.sh's nginx
+# uses too): its first line opens the block, the Ingress's `set` lines go after it.
+LOCATION_OPEN, LOCATION_REST = os.environ["LOCATION"].split("\n", 1)
 
 
 def app_yaml(i, backend_port, extra_hosts):
@@ -223,13 +210,12 @@ class Config:
                 out.append(f"""    server {{
         server_name {host};
         listen 127.0.0.1:{self.nginx_port};
-        location / {{
+{LOCATION_OPEN}
             set $namespace      "bench";
             set $ingress_name   "app-{i}";
             set $service_name   "app-{i}";
             set $service_port   "80";
-{HEADERS}            proxy_pass http://upstream_balancer;
-        }}
+{LOCATION_REST}
     }}
 """)
         return "".join(out)
@@ -491,7 +477,8 @@ if __name__ == "__main__":
 PYEOF
 
 # --- configuration: 5 000 Ingresses for both -----------------------------------------------
-export WORK INGRESSES APPS_PER_FILE BACKEND_PORT NGINX_PORT CHANGES INTERVAL POLL_MS UPGRADED NGINX_TEST
+LOCATION=$(ingress_location)
+export WORK INGRESSES APPS_PER_FILE BACKEND_PORT NGINX_PORT CHANGES INTERVAL POLL_MS UPGRADED NGINX_TEST LOCATION
 echo "generating $INGRESSES Ingresses ($APPS_PER_FILE per manifest file) and nginx's server list..."
 "$PYTHON" "$WORK/prop.py" gen
 
