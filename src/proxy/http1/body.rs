@@ -94,17 +94,19 @@ impl Body for RequestBody {
     type Error = BodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let Some(shared) = self.shared.clone() else {
+        // No Arc clone per poll: the slot is borrowed, `remaining` updated after unlocking.
+        let this = self.get_mut();
+        let Some(shared) = &this.shared else {
             return Poll::Ready(None);
         };
         let mut state = shared.lock();
         if let Some(frame) = state.slot.take() {
             state.waiting = false;
             drop(state);
-            if let (Ok(data), Some(remaining)) = (&frame, self.remaining.as_mut()) {
+            if let (Ok(data), Some(remaining)) = (&frame, this.remaining.as_mut()) {
                 *remaining = remaining.saturating_sub(data.len() as u64);
             }
             return Poll::Ready(Some(frame.map(Frame::data)));
