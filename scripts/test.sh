@@ -30,6 +30,16 @@ if ((${#need[@]})); then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# A clean clone gains nothing from incremental state, and it is a quarter of target/ on disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+target_dir="${CARGO_TARGET_DIR:-target}"
+disk_report() {
+  local used="nothing yet"
+  [ -d "$target_dir" ] && used=$(du -sh "$target_dir" | cut -f1)
+  echo "disk: $target_dir holds $used; $(df -h . | awk 'NR == 2 { print $4 " free on " $6 }')"
+}
+disk_report
+
 echo "== kubectl kustomize deploy/"
 if command -v kubectl >/dev/null 2>&1; then
   kubectl kustomize deploy/ >/dev/null
@@ -42,6 +52,7 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --quiet
+disk_report
 # cargo test above replays the kept corpus (tests/fuzz_corpus.rs); this looks for new inputs.
 # They go to a temporary directory, so fuzz/corpus/ stays as committed.
 if [ "$fuzz_seconds" != 0 ]; then
