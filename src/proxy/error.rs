@@ -36,7 +36,7 @@ pub enum ProxyError {
     Upstream {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: super::body::BoxError,
     },
     #[error("TLS handshake with upstream {addr} failed: {source}")]
     UpstreamTls {

@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::body::{empty, BodyProgress, ProgressBody, ProxyBody, UpstreamBody};
 use super::error::{ProxyError, RetryClass};
 use super::headers::RequestFacts;
+use super::http1::Rewind;
 use super::request_body::RequestBody;
-use super::upstream::{ConnectSpec, Endpoint, PoolKey};
+use super::upstream::{ConnectSpec, Endpoint, PoolKey, SendResult, UpstreamIncoming};
 use super::ProxyState;
 use crate::settings::Settings;
 use crate::snapshot::proxy_policy::ProxyPolicy;
@@ -448,8 +449,8 @@ async fn forward_with(
         *upstream_req.version_mut() = upstream_version;
         *upstream_req.headers_mut() = headers.clone();
 
-        let send = conn.sender.try_send_request(upstream_req);
-        let mut response = match wait_for_response(send, &progress, &proxy, peer).await {
+        let send = conn.sender.send(upstream_req);
+        let response = match wait_for_response(send, &progress, &proxy, peer).await {
             Ok(response) => response,
             Err((e, returned)) => {
                 let unsent = returned.is_some();
@@ -491,22 +492,37 @@ async fn forward_with(
             let Some(client_upgrade) = client_upgrade else {
                 return Err(ProxyError::UnexpectedUpgrade { addr: peer });
             };
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let (mut head, body) = response.into_parts();
+            let upstream_end = match body {
+                UpstreamIncoming::Plain(body) => UpstreamEnd::Plain(body.into_upgraded()),
+                UpstreamIncoming::Hyper(_) => UpstreamEnd::Hyper(
+                    head.extensions
+                        .remove::<hyper::upgrade::OnUpgrade>()
+                        .ok_or(ProxyError::UnexpectedUpgrade { addr: peer })?,
+                ),
+            };
             let idle = proxy.read_timeout;
             let tunnels = state.tunnels.clone();
             let guard = tunnels.open();
             tokio::spawn(async move {
                 let _guard = guard;
-                match tokio::join!(client_upgrade.wait(), upstream_upgrade) {
-                    (Ok(client), Ok(upstream)) => {
-                        tunnel(client, TokioIo::new(upstream), idle).await;
-                    }
-                    (c, u) => {
-                        tracing::debug!(client = ?c.err(), upstream = ?u.err(), "upgrade failed")
+                match upstream_end {
+                    UpstreamEnd::Plain(upstream) => match (client_upgrade.wait().await, upstream) {
+                        (Ok(client), Some(upstream)) => tunnel(client, upstream, idle).await,
+                        (c, _) => tracing::debug!(client = ?c.err(), "upgrade failed"),
+                    },
+                    UpstreamEnd::Hyper(upstream) => {
+                        match tokio::join!(client_upgrade.wait(), upstream) {
+                            (Ok(client), Ok(upstream)) => {
+                                tunnel(client, TokioIo::new(upstream), idle).await;
+                            }
+                            (c, u) => {
+                                tracing::debug!(client = ?c.err(), upstream = ?u.err(), "upgrade failed")
+                            }
+                        }
                     }
                 }
             });
-            let (mut head, _) = response.into_parts();
             downstream_headers(settings, &mut head.headers, true);
             super::headers::apply_upstream_response(
                 header_policy,
@@ -524,11 +540,11 @@ async fn forward_with(
             });
         }
 
-        let (mut head, incoming) = response.into_parts();
+        let (mut head, mut incoming) = response.into_parts();
         let buffered = super::headers::buffering(&proxy, &head.headers);
         downstream_headers(settings, &mut head.headers, false);
         super::headers::apply_upstream_response(header_policy, &proxy, &mut head.headers, &facts);
-        let on_end = Some(state.pool.return_on_end(conn));
+        let on_end = state.pool.return_on_end(conn, &mut incoming);
         let body = UpstreamBody::new(incoming, proxy.read_timeout, on_end, upstream_bytes.clone())
             .boxed_unsync();
         let body = if buffered {
@@ -598,7 +614,11 @@ fn pick_endpoint(
     super::balance::pick_endpoint(backend, tried, selection)
 }
 
-type SendResult = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>>;
+/// The upstream end of a tunnel after `101 Switching Protocols`.
+enum UpstreamEnd {
+    Plain(Option<Rewind<TcpStream>>),
+    Hyper(hyper::upgrade::OnUpgrade),
+}
 
 /// Wait for the response header: proxy-send-timeout while the body is still going out,
 /// proxy-read-timeout once it went out entirely.
@@ -607,7 +627,7 @@ async fn wait_for_response(
     progress: &BodyProgress,
     proxy: &ProxyPolicy,
     peer: SocketAddr,
-) -> Result<Response<Incoming>, (ProxyError, Option<Request<ProxyBody>>)> {
+) -> Result<Response<UpstreamIncoming>, (ProxyError, Option<Request<ProxyBody>>)> {
     tokio::pin!(send);
     loop {
         // The body may be sent in full while this sleeps (moving the deadline to
@@ -617,9 +637,8 @@ async fn wait_for_response(
             .min(Instant::now() + proxy.read_timeout);
         tokio::select! {
             result = &mut send => {
-                return result.map_err(|mut e| {
-                    let returned = e.take_message();
-                    (ProxyError::Upstream { addr: peer, source: e.into_error() }, returned)
+                return result.map_err(|e| {
+                    (ProxyError::Upstream { addr: peer, source: e.source }, e.returned)
                 });
             }
             _ = tokio::time::sleep_until(deadline.into()) => {

@@ -322,19 +322,21 @@ impl BodyPump {
 
 /// One step of decoding.
 #[derive(Debug)]
-enum Piece {
+pub(super) enum Piece {
     Data(Bytes),
     End,
 }
 
+/// A body decoder for a declared length or chunked coding (request bodies here, response
+/// bodies in client.rs).
 #[derive(Debug)]
-enum Decoder {
+pub(super) enum Decoder {
     Length(u64),
     Chunked(Chunked),
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Chunked {
+pub(super) enum Chunked {
     /// Expecting a chunk-size line.
     Size,
     /// Inside a chunk's data.
@@ -347,8 +349,25 @@ enum Chunked {
 }
 
 impl Decoder {
+    pub(super) fn length(n: u64) -> Decoder {
+        Decoder::Length(n)
+    }
+
+    pub(super) fn chunked() -> Decoder {
+        Decoder::Chunked(Chunked::Size)
+    }
+
+    /// Bytes left to decode, when known (zero once a chunked body has ended).
+    pub(super) fn remaining(&self) -> Option<u64> {
+        match self {
+            Decoder::Length(n) => Some(*n),
+            Decoder::Chunked(Chunked::Done) => Some(0),
+            Decoder::Chunked(_) => None,
+        }
+    }
+
     /// The next piece from `buf`, `Ok(None)` when more input is needed.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Piece>, &'static str> {
+    pub(super) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Piece>, &'static str> {
         match self {
             Decoder::Length(0) => Ok(Some(Piece::End)),
             Decoder::Length(remaining) => {

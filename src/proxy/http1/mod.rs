@@ -10,6 +10,7 @@
 //! request 1.27x -> 1.21x nginx's (benches/README.md).
 
 pub mod body;
+pub mod client;
 mod request;
 mod response;
 mod upgrade;
