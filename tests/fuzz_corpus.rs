@@ -55,3 +55,8 @@ fn headers_corpus() {
 fn http1_corpus() {
     replay("http1", checks::http1);
 }
+
+#[test]
+fn upstream_response_corpus() {
+    replay("upstream_response", checks::upstream_response);
+}

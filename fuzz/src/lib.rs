@@ -744,3 +744,61 @@ fn check_responses(input: &[u8], out: &[u8], seen: &[Seen]) {
         show(out)
     );
 }
+
+/// `upstream_response`: the bytes an upstream answers with, read by our HTTP/1 client
+/// (`sluice::proxy::http1::client`) as if the upstream then closed the connection. The first
+/// byte picks the request method (HEAD and CONNECT change what has a body). Checked besides
+/// "no panic": the body never yields more bytes than were sent; a body with a declared length
+/// that ends cleanly has exactly that length; a connection is offered for reuse only when
+/// the body ended cleanly, exactly at the end of what was sent, and the head allowed it.
+pub fn upstream_response(data: &[u8]) {
+    use http::Method;
+    use http_body::Body;
+    use sluice::proxy::http1::client::read_response;
+
+    let Some((&selector, input)) = data.split_first() else {
+        return;
+    };
+    let method = match selector % 4 {
+        0 => Method::GET,
+        1 => Method::HEAD,
+        2 => Method::POST,
+        _ => Method::CONNECT,
+    };
+    let Ok((head, mut body)) = read_response(&method, bytes::Bytes::copy_from_slice(input)) else {
+        return;
+    };
+    let declared = body.size_hint().exact();
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut total = 0usize;
+    let clean = loop {
+        match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                total += frame.into_data().map_or(0, |d| d.len());
+                assert!(total <= input.len(), "more body than input");
+            }
+            std::task::Poll::Ready(Some(Err(_))) => break false,
+            std::task::Poll::Ready(None) => break true,
+            std::task::Poll::Pending => panic!("a body with nothing more to read is pending"),
+        }
+    };
+    if clean {
+        if let Some(n) = declared {
+            assert_eq!(
+                total as u64, n,
+                "a complete body differs from its length ({head:?})"
+            );
+        }
+    }
+    if body.offered_for_reuse() {
+        assert!(clean, "a connection offered for reuse after a failed body");
+        assert!(
+            !head.headers.contains_key(http::header::CONNECTION)
+                || !head.headers[http::header::CONNECTION]
+                    .as_bytes()
+                    .eq_ignore_ascii_case(b"close"),
+            "reuse after connection: close"
+        );
+    }
+}

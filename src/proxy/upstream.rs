@@ -5,6 +5,14 @@
 //! Our own pool rather than hyper-util's legacy client, because the proxy needs what that
 //! client hides: a connect timeout per request, whether a connection was reused (metrics,
 //! safe retries), and the connect time (`connect_duration_seconds`).
+//!
+//! Plain HTTP/1.1 upstreams are spoken to by our own client connection (proxy/http1/client.rs);
+//! TLS and HTTP/2 upstreams by hyper's.
+//!
+//! PERF: the own client, against hyper's client connection (h1-small, `h2load --h1 -n 5000
+//! -c 10`, callgrind, profiling build): 61.6k -> 55.9k user-space instructions per request;
+//! `benches/cpu_split.sh` (release, 3 x 200 000 requests): user CPU 9.2 -> 7.7 ms per 1 000
+//! requests, req/s +6 %. An idle pooled connection is now its socket only.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -140,6 +140,8 @@ impl ClientConn {
             buf,
             kind,
             reusable,
+            finished: false,
+            offered: false,
             home: None,
         });
         *response.status_mut() = head.status;
@@ -337,26 +339,15 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Read until a final (or `101`) response head is complete; interim 1xx heads are skipped,
-/// as hyper does. What follows the head stays in `buf`.
+/// Read until a final (or `101`) response head is complete. What follows the head stays in
+/// `buf`.
 async fn read_head<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
 ) -> Result<Head, ClientError> {
     loop {
-        if !buf.is_empty() {
-            if let Some((head, len)) = parse_head(buf)? {
-                let bytes = buf.split_to(len).freeze();
-                let head = build_head(head, &bytes)?;
-                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
-                {
-                    continue;
-                }
-                return Ok(head);
-            }
-            if buf.len() >= MAX_HEAD {
-                return Err(ClientError::HeadTooLarge);
-            }
+        if let Some(head) = next_head(buf)? {
+            return Ok(head);
         }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(if buf.is_empty() {
@@ -373,6 +364,52 @@ async fn read_head<R: AsyncRead + Unpin>(
             return Err(ClientError::Closed);
         }
     }
+}
+
+/// The first final (or `101`) head in `buf`, split off it; interim 1xx heads are skipped, as
+/// hyper does. `Ok(None)`: incomplete.
+fn next_head(buf: &mut BytesMut) -> Result<Option<Head>, ClientError> {
+    while !buf.is_empty() {
+        let Some((head, len)) = parse_head(buf)? else {
+            if buf.len() >= MAX_HEAD {
+                return Err(ClientError::HeadTooLarge);
+            }
+            return Ok(None);
+        };
+        let bytes = buf.split_to(len).freeze();
+        let head = build_head(head, &bytes)?;
+        if !head.status.is_informational() || head.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(Some(head));
+        }
+    }
+    Ok(None)
+}
+
+/// A response as the client reads it when `input` is everything the upstream sent before it
+/// closed the connection: its head, and its body over what follows. For the fuzz target
+/// `upstream_response`, which checks the body against the input.
+pub fn read_response(
+    method: &Method,
+    input: Bytes,
+) -> Result<(http::response::Parts, ClientBody), ClientError> {
+    let mut buf = BytesMut::from(input);
+    let head = next_head(&mut buf)?.ok_or(ClientError::Closed)?;
+    let kind = response_body(method, &head)?;
+    let reusable = head.keep_alive && !matches!(kind, BodyKind::Close | BodyKind::Upgrade);
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = head.status;
+    parts.version = head.version;
+    parts.headers = head.headers;
+    let body = ClientBody {
+        conn: None,
+        buf,
+        kind,
+        reusable,
+        finished: false,
+        offered: false,
+        home: None,
+    };
+    Ok((parts, body))
 }
 
 type Range = (usize, usize);
@@ -523,6 +560,10 @@ pub struct ClientBody {
     kind: BodyKind,
     /// Whether the connection may carry another request once this body ends.
     reusable: bool,
+    /// The body reached its end (`finish` ran).
+    finished: bool,
+    /// At its end the connection was found fit for another request.
+    offered: bool,
     home: Option<Home>,
 }
 
@@ -563,13 +604,21 @@ impl ClientBody {
         Some(Rewind::new(conn.io, prefix))
     }
 
+    /// Whether the body ended cleanly with the connection fit for another request (nothing
+    /// unread past the body, keep-alive on both sides).
+    pub fn offered_for_reuse(&self) -> bool {
+        self.offered
+    }
+
     /// The body ended: the connection goes home when it can carry another request.
     fn finish(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if let (true, true, Some(home)) = (self.reusable, self.buf.is_empty(), self.home.take())
-            {
-                home(conn);
-            }
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        self.offered = self.reusable && self.buf.is_empty();
+        let conn = self.conn.take();
+        if let (true, Some(conn), Some(home)) = (self.offered, conn, self.home.take()) {
+            home(conn);
         }
         self.buf = BytesMut::new();
     }

@@ -1,9 +1,11 @@
-//! Our own HTTP/1.1 server connection loop (client side). hyper's server connection keeps a
-//! 16 KiB read buffer, an 8 KiB write buffer and its dispatcher state for as long as a
-//! keep-alive connection lives; this loop holds no buffer at all between requests (nginx
-//! frees its buffers too), parses heads with httparse, enforces the framing rules itself,
-//! and writes the head and a small body in one system call. HTTP/2 stays with hyper: a
-//! cleartext connection that opens with the HTTP/2 preface is handed back to the caller.
+//! Our own HTTP/1.1: the server connection loop for clients (here), and the client
+//! connection to plain-TCP upstreams (`client.rs`). Why the loop: hyper's server
+//! connection keeps a 16 KiB read buffer, an 8 KiB write buffer and its dispatcher state
+//! for as long as a keep-alive connection lives; this loop holds no buffer at all between
+//! requests (nginx frees its buffers too), parses heads with httparse, enforces the framing
+//! rules itself, and writes the head and a small body in one system call. HTTP/2 stays with
+//! hyper: a cleartext connection that opens with the HTTP/2 preface is handed back to the
+//! caller.
 //!
 //! PERF: 10 000 idle keep-alive connections (benches/compare.sh idle-10k): peak RSS 215 MiB
 //! on hyper's server connection, 39.7 MiB on this loop (nginx: 26 MiB). h1-small CPU per
