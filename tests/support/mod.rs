@@ -393,11 +393,21 @@ pub fn announces_close(reply: &Reply) -> bool {
 }
 
 /// A port that was free a moment ago (bind 127.0.0.1:0 and drop).
+/// A port free now, for a listener a test must name before it starts (ACME's validation
+/// port, a restart on the same ports). Taken below Linux's ephemeral range (32768-60999):
+/// port 0 would hand out a port from that range, which any outgoing connection of a test
+/// running alongside may take before the listener binds it (seen in CI: EADDRINUSE).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Spread by process so two test binaries running at once start apart.
+    let start = (std::process::id() as usize * 7919) % 12_000;
+    for _ in 0..12_000 {
+        let port = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port in 20000-31999")
 }
 
 /// Peak resident set size (VmHWM) of a process, in bytes.

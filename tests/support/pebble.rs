@@ -132,8 +132,8 @@ impl Pebble {
             .spawn()
             .expect("start dnsmasq");
 
-        let listen = free_port_here();
-        let management = free_port_here();
+        let listen = super::free_port();
+        let management = super::free_port();
         let config = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("127.0.0.1:{listen}"),
@@ -259,13 +259,6 @@ impl Pebble {
     pub fn orders_created(&self) -> usize {
         self.log().matches("Added order").count()
     }
-}
-
-fn free_port_here() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
 }
 
 impl Drop for Pebble {
