@@ -90,18 +90,19 @@ impl ClientConn {
         // closed while idle fails here and the request can go elsewhere intact.
         let mut written = 0;
         while written < head.len() {
-            match self.io.write(&head[written..]).await {
-                Ok(0) | Err(_) if written == 0 => {
-                    let error = ClientError::Write(io::ErrorKind::BrokenPipe.into());
-                    return Err(SendFailure {
-                        error,
-                        returned: Some(Request::from_parts(parts, body)),
-                    });
+            let error = match self.io.write(&head[written..]).await {
+                Ok(0) => io::ErrorKind::WriteZero.into(),
+                Ok(n) => {
+                    written += n;
+                    continue;
                 }
-                Ok(0) => return Err(fail(ClientError::Write(io::ErrorKind::WriteZero.into()))),
-                Ok(n) => written += n,
-                Err(e) => return Err(fail(ClientError::Write(e))),
-            }
+                Err(e) => e,
+            };
+            let returned = (written == 0).then(|| Request::from_parts(parts, body));
+            return Err(SendFailure {
+                error: ClientError::Write(error),
+                returned,
+            });
         }
         drop(head);
 
@@ -134,20 +135,7 @@ impl ClientConn {
         };
         let head = response.map_err(fail)?;
         let kind = response_body(&parts.method, &head).map_err(fail)?;
-        reusable &= head.keep_alive && !matches!(kind, BodyKind::Close | BodyKind::Upgrade);
-        let mut response = Response::new(ClientBody {
-            conn: Some(self),
-            buf,
-            kind,
-            reusable,
-            finished: false,
-            offered: false,
-            home: None,
-        });
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
-        Ok(response)
+        Ok(respond(head, kind, buf, Some(self), reusable))
     }
 }
 
@@ -395,21 +383,35 @@ pub fn read_response(
     let mut buf = BytesMut::from(input);
     let head = next_head(&mut buf)?.ok_or(ClientError::Closed)?;
     let kind = response_body(method, &head)?;
-    let reusable = head.keep_alive && !matches!(kind, BodyKind::Close | BodyKind::Upgrade);
-    let (mut parts, ()) = Response::new(()).into_parts();
-    parts.status = head.status;
-    parts.version = head.version;
-    parts.headers = head.headers;
-    let body = ClientBody {
-        conn: None,
+    Ok(respond(head, kind, buf, None, true).into_parts())
+}
+
+/// The response for `head`: its body is read from `buf`, then from `conn` (`None`: the
+/// upstream closed after `buf`). The connection is reusable after the body when the request
+/// allowed it (`request_keep_alive`), the response does, and the body has a delimited end.
+fn respond(
+    head: Head,
+    kind: BodyKind,
+    buf: BytesMut,
+    conn: Option<ClientConn>,
+    request_keep_alive: bool,
+) -> Response<ClientBody> {
+    let reusable = request_keep_alive
+        && head.keep_alive
+        && !matches!(kind, BodyKind::Close | BodyKind::Upgrade);
+    let mut response = Response::new(ClientBody {
+        conn,
         buf,
         kind,
         reusable,
         finished: false,
         offered: false,
         home: None,
-    };
-    Ok((parts, body))
+    });
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = head.headers;
+    response
 }
 
 type Range = (usize, usize);
