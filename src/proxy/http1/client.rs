@@ -22,6 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::{Decoder, Piece};
+use super::request::{parse_length, ConnectionTokens};
+use super::response::chunk_size_line;
 use super::upgrade::Rewind;
 use crate::proxy::body::{BoxError, ProxyBody};
 
@@ -107,7 +109,7 @@ impl ClientConn {
         drop(head);
 
         let mut buf = BytesMut::new();
-        let mut reusable = keep_alive_requested(parts.version, &parts.headers);
+        let mut reusable = ConnectionTokens::of(&parts.headers).keep_alive(parts.version);
         let response = if matches!(framing, RequestFraming::None) {
             read_head(&mut self.io, &mut buf).await
         } else {
@@ -215,29 +217,6 @@ fn encode_head(parts: &http::request::Parts, framing: RequestFraming, out: &mut 
     out.put_slice(b"\r\n");
 }
 
-/// Whether the request lets the connection carry another one.
-fn keep_alive_requested(version: Version, headers: &HeaderMap) -> bool {
-    let (close, keep_alive) = connection_tokens(headers);
-    if version == Version::HTTP_10 {
-        keep_alive && !close
-    } else {
-        !close
-    }
-}
-
-/// (`close`, `keep-alive`) among the Connection header's tokens.
-fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
-    let (mut close, mut keep_alive) = (false, false);
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&c| c == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    (close, keep_alive)
-}
-
 async fn write_body<W: AsyncWrite + Unpin>(
     io: &mut W,
     body: &mut ProxyBody,
@@ -295,28 +274,6 @@ async fn write_body<W: AsyncWrite + Unpin>(
         )),
         _ => Ok(()),
     }
-}
-
-/// `{size:x}\r\n` in `out`.
-fn chunk_size_line(size: usize, out: &mut [u8; 18]) -> &[u8] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut n = size;
-    let mut len = 0;
-    loop {
-        digits[len] = HEX[n & 0xf];
-        len += 1;
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in 0..len {
-        out[i] = digits[len - 1 - i];
-    }
-    out[len] = b'\r';
-    out[len + 1] = b'\n';
-    &out[..len + 2]
 }
 
 /// A parsed response head.
@@ -471,12 +428,7 @@ fn build_head(parsed: ParsedHead, bytes: &Bytes) -> Result<Head, ClientError> {
             .map_err(|_| ClientError::Malformed("header value"))?;
         headers.append(name, value);
     }
-    let (close, keep_alive_token) = connection_tokens(&headers);
-    let keep_alive = if parsed.version == Version::HTTP_10 {
-        keep_alive_token && !close
-    } else {
-        !close
-    };
+    let keep_alive = ConnectionTokens::of(&headers).keep_alive(parsed.version);
     Ok(Head {
         status,
         version: parsed.version,
@@ -533,11 +485,7 @@ fn response_body(method: &Method, head: &Head) -> Result<BodyKind, ClientError> 
     let mut length: Option<u64> = None;
     for value in head.headers.get_all(header::CONTENT_LENGTH) {
         for item in value.as_bytes().split(|&c| c == b',') {
-            let item = item.trim_ascii();
-            let n = (!item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(item).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or_else(|| malformed("Content-Length"))?;
+            let n = parse_length(item).ok_or_else(|| malformed("Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(malformed("conflicting Content-Length values"));
             }
@@ -868,17 +816,6 @@ mod tests {
         assert_eq!(
             encode(Method::POST, Version::HTTP_10, stream(), &[("host", "x")]),
             "POST /a?b=c HTTP/1.0\r\nhost: x\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn chunk_size_lines_are_lowercase_hex() {
-        let mut out = [0u8; 18];
-        assert_eq!(chunk_size_line(1, &mut out), b"1\r\n");
-        assert_eq!(chunk_size_line(0x1f40, &mut out), b"1f40\r\n");
-        assert_eq!(
-            chunk_size_line(usize::MAX, &mut out),
-            b"ffffffffffffffff\r\n"
         );
     }
 }

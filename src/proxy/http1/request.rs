@@ -100,9 +100,7 @@ pub fn build(parsed: Parsed, bytes: &Bytes) -> Result<Head, Refused> {
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut hosts = 0;
-    let mut close = false;
-    let mut keep_alive_token = false;
-    let mut connection_upgrade = false;
+    let mut connection = ConnectionTokens::default();
     let mut expect_continue = false;
     for (name, value) in parsed.fields {
         let name = HeaderName::from_bytes(&bytes[name.0..name.1]).map_err(|_| bad())?;
@@ -135,14 +133,7 @@ pub fn build(parsed: Parsed, bytes: &Bytes) -> Result<Head, Refused> {
                 chunked = true;
             }
             header::HOST => hosts += 1,
-            header::CONNECTION => {
-                for token in value.as_bytes().split(|&c| c == b',') {
-                    let token = token.trim_ascii();
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-                    connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
-                }
-            }
+            header::CONNECTION => connection.scan(&value),
             header::EXPECT => {
                 expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
             }
@@ -163,13 +154,9 @@ pub fn build(parsed: Parsed, bytes: &Bytes) -> Result<Head, Refused> {
         (false, Some(0)) | (false, None) => Framing::None,
         (false, Some(n)) => Framing::Length(n),
     };
-    let keep_alive = if version == Version::HTTP_10 {
-        keep_alive_token && !close
-    } else {
-        !close
-    };
+    let keep_alive = connection.keep_alive(version);
     Ok(Head {
-        wants_upgrade: connection_upgrade && headers.contains_key(header::UPGRADE),
+        wants_upgrade: connection.upgrade && headers.contains_key(header::UPGRADE),
         method,
         uri,
         version,
@@ -180,8 +167,47 @@ pub fn build(parsed: Parsed, bytes: &Bytes) -> Result<Head, Refused> {
     })
 }
 
+/// The tokens of `Connection` headers that matter to HTTP/1 framing (requests here,
+/// responses and upstream requests in client.rs).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct ConnectionTokens {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+}
+
+impl ConnectionTokens {
+    /// Every `Connection` value in `headers`.
+    pub fn of(headers: &HeaderMap) -> ConnectionTokens {
+        let mut tokens = ConnectionTokens::default();
+        for value in headers.get_all(header::CONNECTION) {
+            tokens.scan(value);
+        }
+        tokens
+    }
+
+    pub fn scan(&mut self, value: &HeaderValue) {
+        for token in value.as_bytes().split(|&c| c == b',') {
+            let token = token.trim_ascii();
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            self.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+        }
+    }
+
+    /// Whether a message of `version` lets its connection carry another one: HTTP/1.1
+    /// unless `close`, HTTP/1.0 only with `keep-alive`.
+    pub fn keep_alive(&self, version: Version) -> bool {
+        if version == Version::HTTP_10 {
+            self.keep_alive && !self.close
+        } else {
+            !self.close
+        }
+    }
+}
+
 /// A Content-Length value: digits only, no sign, no list, within u64.
-fn parse_length(value: &[u8]) -> Option<u64> {
+pub(super) fn parse_length(value: &[u8]) -> Option<u64> {
     let value = value.trim_ascii();
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;

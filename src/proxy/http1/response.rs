@@ -280,6 +280,11 @@ impl WriteQueue {
 /// A chunk-size line for `len` bytes of data.
 pub fn chunk_line(len: usize, out: &mut WriteQueue) {
     let mut line = [0u8; 18];
+    out.copy(chunk_size_line(len, &mut line));
+}
+
+/// `{len:x}\r\n` in `line` (also the upstream client's request chunks).
+pub(super) fn chunk_size_line(len: usize, line: &mut [u8; 18]) -> &[u8] {
     let mut at = 16;
     let mut n = len;
     loop {
@@ -292,7 +297,7 @@ pub fn chunk_line(len: usize, out: &mut WriteQueue) {
     }
     line[16] = b'\r';
     line[17] = b'\n';
-    out.copy(&line[at..]);
+    &line[at..]
 }
 
 #[cfg(test)]
@@ -390,5 +395,16 @@ mod tests {
         chunk_line(0x1f40, &mut q);
         chunk_line(0, &mut q);
         assert_eq!(q.segments[0].bytes(), b"1f40\r\n0\r\n");
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        let mut out = [0u8; 18];
+        assert_eq!(chunk_size_line(1, &mut out), b"1\r\n");
+        assert_eq!(chunk_size_line(0x1f40, &mut out), b"1f40\r\n");
+        assert_eq!(
+            chunk_size_line(usize::MAX, &mut out),
+            b"ffffffffffffffff\r\n"
+        );
     }
 }
