@@ -565,9 +565,12 @@ async fn http1_exchange(data: &[u8]) {
         }
     };
     // The drain sender lives as long as the connection (a dropped one reads as "drain").
-    let (_drain, drain) = tokio::sync::watch::channel(false);
+    let (_drain, mut drain) = tokio::sync::watch::channel(false);
     let serve = async {
-        let _handoff = http1::serve(server, config, service, drain).await;
+        let mut server = server;
+        let handoff = http1::serve(&mut server, config, service, &mut drain).await;
+        // An upgrade hands the transport to its tunnel; an HTTP/2 hand-off is just closed.
+        let _ = handoff.and_then(|handoff| handoff.finish(server));
         // Tunnels echo what the client sends after its upgrade request.
         let pending = std::mem::take(&mut *upgrades.borrow_mut());
         for upgrade in pending {

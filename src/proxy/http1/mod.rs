@@ -103,154 +103,173 @@ const DISCARD_LIMIT: u64 = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(5);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How a connection ended when it was not closed.
-pub enum Handoff<T> {
-    /// The client spoke HTTP/2 (prior knowledge): its transport and the bytes read so far.
-    Http2(Rewind<T>),
+/// How a connection ended when it was not closed. `serve` only borrowed the transport;
+/// [`Handoff::finish`] hands it on.
+pub enum Handoff {
+    /// The client spoke HTTP/2 (prior knowledge): the bytes read so far.
+    Http2(Bytes),
+    /// `101` was sent: the tunnel takes the transport and what the client sent after its
+    /// head.
+    Upgrade(oneshot::Sender<Upgraded>, Bytes),
+}
+
+impl Handoff {
+    /// Give the transport to whoever takes over: the tunnel of an upgrade (`None` back), or
+    /// the caller, for HTTP/2, with the bytes already read put back in front.
+    pub fn finish<T: Transport>(self, io: T) -> Option<Rewind<T>> {
+        match self {
+            Handoff::Http2(read) => Some(Rewind::new(io, read)),
+            Handoff::Upgrade(tx, read) => {
+                let io: Box<dyn Transport> = Box::new(io);
+                let _ = tx.send(Rewind::new(io, read));
+                None
+            }
+        }
+    }
 }
 
 /// Serve HTTP/1.x requests on `io` until the client leaves, a timer expires, the
 /// connection upgrades or `drain` turns true (idle connections close at once, busy ones
 /// after their response).
-pub async fn serve<T, F, Fut, B>(
-    mut io: T,
+///
+/// The transport and the drain signal are borrowed, so the connection's future holds them
+/// once, in the caller. Not an `async fn`, which would keep its arguments for its whole
+/// life beside the locals they move into: the block uses them where they were captured.
+// An `async fn` would keep its arguments twice (see above).
+#[allow(clippy::manual_async_fn)]
+pub fn serve<'a, T, F, Fut, B>(
+    io: &'a mut T,
     config: Config,
     mut service: F,
-    mut drain: watch::Receiver<bool>,
-) -> Option<Handoff<T>>
+    drain: &'a mut watch::Receiver<bool>,
+) -> impl Future<Output = Option<Handoff>> + 'a
 where
     T: Transport,
+    F: 'a,
     F: FnMut(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Result<Response<B>, Infallible>>,
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut buf = BytesMut::new();
-    let mut timer = Box::pin(tokio::time::sleep_until(
-        Instant::now() + config.header_timeout,
-    ));
-    let mut first = true;
-    loop {
-        // Idle: wait for the next request without holding a buffer.
-        if buf.is_empty() && !first {
-            timer.as_mut().reset(Instant::now() + config.keep_alive);
-        }
-        if buf.is_empty() {
-            tokio::select! {
-                biased;
-                ready = poll_fn(|cx| io.poll_read_ready(cx)) => if ready.is_err() { return None },
-                _ = timer.as_mut() => return None,
-                _ = drain.wait_for(|d| *d) => return None,
-            }
-        }
-        // client-header-timeout runs from accept for the first request, else from the
-        // head's first byte (a transport that cannot tell readiness is still idle here).
-        let mut head_timed = first;
-        if !head_timed && !buf.is_empty() {
-            timer.as_mut().reset(Instant::now() + config.header_timeout);
-            head_timed = true;
-        }
-
-        // The head.
-        let mut reading = None;
-        let (parsed, len) = loop {
-            if !buf.is_empty() {
-                // nginx's `reading` state: from the head's first byte to its end.
-                reading.get_or_insert_with(|| Reading::new(&config.reading));
-                if first && config.detect_h2 && is_h2_start(&buf) {
-                    if buf.len() >= H2_PREFACE.len() {
-                        return Some(Handoff::Http2(Rewind::new(io, buf.freeze())));
-                    }
-                } else {
-                    match request::parse(&buf) {
-                        // The limit holds however the head arrived (one read may bring
-                        // more than the limit).
-                        Ok(Some((_, len))) if len > config.header_limit => {
-                            Box::pin(refuse(&mut io, StatusCode::BAD_REQUEST, &mut drain)).await;
-                            return None;
-                        }
-                        Ok(Some(done)) => break done,
-                        Ok(None) if buf.len() >= config.header_limit => {
-                            Box::pin(refuse(&mut io, StatusCode::BAD_REQUEST, &mut drain)).await;
-                            return None;
-                        }
-                        Ok(None) => {}
-                        Err(refused) => {
-                            Box::pin(refuse(&mut io, refused.0, &mut drain)).await;
-                            return None;
-                        }
-                    }
-                }
-            }
-            if buf.capacity() - buf.len() < 512 {
-                buf.reserve(HEAD_READ.max(buf.len()));
-            }
-            // No byte of a head yet: still idle, so a drain closes it.
-            let idle = buf.is_empty();
-            tokio::select! {
-                biased;
-                read = poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut buf)) => match read {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) if !head_timed => {
-                        timer.as_mut().reset(Instant::now() + config.header_timeout);
-                        head_timed = true;
-                    }
-                    Ok(_) => {}
-                },
-                // client-header-timeout: nginx closes without an answer (408 in its log).
-                _ = timer.as_mut() => return None,
-                _ = drain.wait_for(|d| *d), if idle => return None,
-            }
-        };
-        drop(reading);
-        first = false;
-        let head_bytes = buf.split_to(len).freeze();
-        let head = match request::build(parsed, &head_bytes) {
-            Ok(head) => head,
-            Err(refused) => {
-                Box::pin(refuse(&mut io, refused.0, &mut drain)).await;
-                return None;
-            }
-        };
-        drop(head_bytes);
-
-        // PERF: the exchange is its own boxed future, so an idle connection's task holds
-        // only this loop's few fields; unboxed, every idle keep-alive connection carried
-        // the response phase's state too (connection task 2 216 bytes; RSS per idle
-        // connection: see the module note).
-        let exchange = Box::pin(exchange(
-            &mut io,
-            &mut buf,
-            &mut service,
-            head,
-            config.keep_alive.is_zero() || *drain.borrow(),
+    async move {
+        let mut buf = BytesMut::new();
+        let mut timer = Box::pin(tokio::time::sleep_until(
+            Instant::now() + config.header_timeout,
         ));
-        match exchange.await {
-            Outcome::KeepAlive if !*drain.borrow() => {}
-            Outcome::KeepAlive | Outcome::Close => {
-                Box::pin(close(&mut io, &mut buf, &mut drain)).await;
-                return None;
+        let mut first = true;
+        // A refused head is answered after the loop: a refusal awaited inside it would keep
+        // the parse result (232 bytes) in every connection's future.
+        let refused = 'conn: loop {
+            // Idle: wait for the next request without holding a buffer.
+            if buf.is_empty() && !first {
+                timer.as_mut().reset(Instant::now() + config.keep_alive);
             }
-            Outcome::Gone => return None,
-            Outcome::Upgrade(tx, flushed) => {
-                match flushed {
-                    // The tunnel takes the transport and whatever the client sent after its
-                    // head; this task ends.
-                    true => {
-                        let io: Box<dyn Transport> = Box::new(io);
-                        let _ = tx.send(Rewind::new(io, buf.freeze()));
-                    }
-                    false => {
-                        let _ = io.shutdown().await;
+            if buf.is_empty() {
+                tokio::select! {
+                    biased;
+                    ready = poll_fn(|cx| io.poll_read_ready(cx)) => if ready.is_err() { return None },
+                    _ = timer.as_mut() => return None,
+                    _ = drain.wait_for(|d| *d) => return None,
+                }
+            }
+            // client-header-timeout runs from accept for the first request, else from the
+            // head's first byte (a transport that cannot tell readiness is still idle here).
+            let mut head_timed = first;
+            if !head_timed && !buf.is_empty() {
+                timer.as_mut().reset(Instant::now() + config.header_timeout);
+                head_timed = true;
+            }
+
+            // The head.
+            let mut reading = None;
+            let (parsed, len) = loop {
+                if !buf.is_empty() {
+                    // nginx's `reading` state: from the head's first byte to its end.
+                    reading.get_or_insert_with(|| Reading::new(&config.reading));
+                    if first && config.detect_h2 && is_h2_start(&buf) {
+                        if buf.len() >= H2_PREFACE.len() {
+                            return Some(Handoff::Http2(buf.freeze()));
+                        }
+                    } else {
+                        match request::parse(&buf) {
+                            // The limit holds however the head arrived (one read may bring
+                            // more than the limit).
+                            Ok(Some((_, len))) if len > config.header_limit => {
+                                break 'conn StatusCode::BAD_REQUEST;
+                            }
+                            Ok(Some(done)) => break done,
+                            Ok(None) if buf.len() >= config.header_limit => {
+                                break 'conn StatusCode::BAD_REQUEST;
+                            }
+                            Ok(None) => {}
+                            Err(refused) => break 'conn refused.0,
+                        }
                     }
                 }
-                return None;
+                if buf.capacity() - buf.len() < 512 {
+                    buf.reserve(HEAD_READ.max(buf.len()));
+                }
+                // No byte of a head yet: still idle, so a drain closes it.
+                let idle = buf.is_empty();
+                tokio::select! {
+                    biased;
+                    read = poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf)) => match read {
+                        Ok(0) | Err(_) => return None,
+                        Ok(_) if !head_timed => {
+                            timer.as_mut().reset(Instant::now() + config.header_timeout);
+                            head_timed = true;
+                        }
+                        Ok(_) => {}
+                    },
+                    // client-header-timeout: nginx closes without an answer (408 in its log).
+                    _ = timer.as_mut() => return None,
+                    _ = drain.wait_for(|d| *d), if idle => return None,
+                }
+            };
+            drop(reading);
+            first = false;
+            let head_bytes = buf.split_to(len).freeze();
+            let head = match request::build(parsed, &head_bytes) {
+                Ok(head) => head,
+                Err(refused) => break 'conn refused.0,
+            };
+            drop(head_bytes);
+
+            // PERF: the exchange is its own boxed future, so an idle connection's task holds
+            // only this loop's few fields; unboxed, every idle keep-alive connection carried
+            // the response phase's state too (connection task 2 216 bytes; RSS per idle
+            // connection: see the module note).
+            let exchange = Box::pin(exchange(
+                &mut *io,
+                &mut buf,
+                &mut service,
+                head,
+                config.keep_alive.is_zero() || *drain.borrow(),
+            ));
+            match exchange.await {
+                Outcome::KeepAlive if !*drain.borrow() => {}
+                Outcome::KeepAlive | Outcome::Close => {
+                    Box::pin(close(&mut *io, &mut buf, &mut *drain)).await;
+                    return None;
+                }
+                Outcome::Gone => return None,
+                Outcome::Upgrade(tx, flushed) => {
+                    // The tunnel takes the transport and whatever the client sent after its
+                    // head (the caller finishes the hand-over).
+                    if flushed {
+                        return Some(Handoff::Upgrade(tx, buf.freeze()));
+                    }
+                    let _ = io.shutdown().await;
+                    return None;
+                }
             }
-        }
-        // Nothing is held while idle unless the client already sent more (pipelining).
-        if buf.is_empty() {
-            buf = BytesMut::new();
-        }
+            // Nothing is held while idle unless the client already sent more (pipelining).
+            if buf.is_empty() {
+                buf = BytesMut::new();
+            }
+        };
+        Box::pin(refuse(&mut *io, refused, &mut *drain)).await;
+        None
     }
 }
 
