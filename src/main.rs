@@ -5,6 +5,12 @@ use anyhow::Context;
 use clap::Parser;
 use sluice::cli::Cli;
 
+// PERF: jemalloc instead of glibc's malloc. Callgrind h1-small (profiling build): 54 800 ->
+// 46 300 instructions per request (malloc and free were 20 % of them); idle-10k RSS the
+// same or lower. mimalloc gave 47 900 but 13 MiB more RSS at start (it asks for huge pages).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // kube's client logs every failed request at ERROR without saying which; the
