@@ -185,14 +185,8 @@ where
     let https = tls.is_some();
     let scheme = if https { "https" } else { "http" };
     let (client_cert, alpn_h2) = tls.map_or((None, false), |t| (t.client_cert, t.alpn_h2));
-    let info = Arc::new(ConnInfo {
-        peer,
-        local,
-        scheme,
-        client_cert,
-        requests: Default::default(),
-        activity: Arc::new(ConnActivity::default()),
-    });
+    let activity = alpn_h2.then(Arc::default);
+    let info = Arc::new(ConnInfo::new(peer, local, scheme, client_cert, activity));
     async move {
         // Boxed (both places): the HTTP/2 state must not sit in every HTTP/1 connection's task.
         if alpn_h2 {
@@ -268,12 +262,23 @@ async fn serve_http2<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = ConnLimits::new(&state.snapshot.load().settings);
-    let io = TimedIo::new(
-        io,
-        info.activity.clone(),
-        limits.header_timeout,
-        limits.keep_alive,
-    );
+    // A connection handed over by the HTTP/1 loop (prior knowledge) has no timers' state yet.
+    let (info, activity) = match info.activity.clone() {
+        Some(activity) => (info, activity),
+        None => {
+            let activity = Arc::new(ConnActivity::default());
+            let cert = info.client_cert.clone();
+            let info = ConnInfo::new(
+                info.peer,
+                info.local,
+                info.scheme,
+                cert,
+                Some(activity.clone()),
+            );
+            (Arc::new(info), activity)
+        }
+    };
+    let io = TimedIo::new(io, activity, limits.header_timeout, limits.keep_alive);
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())

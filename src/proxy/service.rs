@@ -41,8 +41,28 @@ pub struct ConnInfo {
     pub client_cert: Option<Arc<super::client_cert::PeerCert>>,
     /// Requests served on this connection so far (for keep-alive-requests).
     pub requests: AtomicU64,
-    /// Requests in flight, for the connection's header and keep-alive timers.
-    pub activity: Arc<ConnActivity>,
+    /// Requests in flight, for the timers of an HTTP/2 connection (`conn_timer`). None on
+    /// HTTP/1, whose loop runs its own timers.
+    pub activity: Option<Arc<ConnActivity>>,
+}
+
+impl ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        local: SocketAddr,
+        scheme: &'static str,
+        client_cert: Option<Arc<super::client_cert::PeerCert>>,
+        activity: Option<Arc<ConnActivity>>,
+    ) -> ConnInfo {
+        ConnInfo {
+            peer,
+            local,
+            scheme,
+            client_cert,
+            requests: AtomicU64::new(0),
+            activity,
+        }
+    }
 }
 
 /// `sluice_requests_refused_total{reason}`: the annotation or list that refused.
@@ -123,7 +143,7 @@ struct Completion {
     log: Option<AccessRecord>,
     upstream_bytes: Option<Arc<AtomicU64>>,
     /// Ends the request for the connection's timers when the response body ends.
-    _in_flight: RequestGuard,
+    _in_flight: Option<RequestGuard>,
     _in_flight_metric: InFlight,
     /// Keeps the request counted against `limit-connections` until the body ends.
     _conn_guard: Option<super::limit::ConnGuard>,
@@ -179,7 +199,7 @@ pub async fn handle(
         return Ok(answer);
     }
     let started = Instant::now();
-    let in_flight = conn.activity.request_started();
+    let in_flight = conn.activity.as_ref().map(|a| a.request_started());
     let in_flight_metric = state.metrics.request_started();
     let snapshot = state.snapshot.load_full();
     let settings = snapshot.settings.clone();
@@ -491,7 +511,9 @@ pub async fn handle(
     super::headers::apply_response(route.policy.headers.as_deref(), response.headers_mut());
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A tunnel now: proxy-read-timeout governs it, not the keep-alive timer.
-        conn.activity.upgraded();
+        if let Some(activity) = &conn.activity {
+            activity.upgraded();
+        }
     }
     // Announce every server-side close so well-behaved clients never see a failed request.
     let last_on_conn = version <= Version::HTTP_11
