@@ -6,7 +6,8 @@
 # user 65532; no shell, no package manager), not scratch with a static musl build:
 # - the builder is Debian 12 too, so the glibc binary runs unchanged, and ring (rustls's
 #   crypto) builds with the builder's gcc; musl would need a musl C toolchain for ring;
-# - musl's allocator is markedly slower under many threads, which a proxy is;
+# - musl's allocator is markedly slower under many threads, which a proxy is (the binary
+#   links jemalloc anyway, built here with the builder's make and gcc);
 # - the CA bundle is there for ACME directories and HTTPS upstreams.
 
 FROM rust:1-bookworm AS build

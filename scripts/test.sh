@@ -18,6 +18,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # tests, tests/acme*.rs, which fail without them.
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
+# make and a C compiler for jemalloc (tikv-jemalloc-sys builds it; the allocator of the binary).
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
 # A C++ compiler for libFuzzer (libfuzzer-sys builds it) when the fuzz step below runs.
 fuzz_seconds="${SLUICE_FUZZ_SECONDS:-15}"
 [ "$fuzz_seconds" = 0 ] || command -v c++ >/dev/null 2>&1 || need+=(g++)
