@@ -88,10 +88,11 @@ pub async fn serve(
             closed: closed.clone(),
             _open: state.connections.open(),
         };
-        // PERF: one task type per transport, and every part of it built before the task
-        // starts, so the plain-HTTP task carries no TLS state and no argument twice (an
-        // `async fn` keeps its arguments for its whole life beside the locals they are
-        // moved into). Task cell per idle plain connection 1 280 -> 768 bytes.
+        // PERF: one task type per transport, so the plain-HTTP task carries no TLS state,
+        // and no argument twice (an `async fn` keeps its arguments for its whole life
+        // beside the locals they are moved into; see serve_connection). Task cell per idle
+        // plain connection 1 280 -> 640 bytes; idle-10k peak RSS 36.9 -> 30.4-34.3 MiB
+        // (profiling build, glibc malloc).
         match &tls {
             None => {
                 tokio::spawn(serve_connection(

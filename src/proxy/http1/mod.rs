@@ -136,8 +136,7 @@ impl Handoff {
 /// The transport and the drain signal are borrowed, so the connection's future holds them
 /// once, in the caller. Not an `async fn`, which would keep its arguments for its whole
 /// life beside the locals they move into: the block uses them where they were captured.
-// An `async fn` would keep its arguments twice (see above).
-#[allow(clippy::manual_async_fn)]
+#[allow(clippy::manual_async_fn)] // why it is not an `async fn`: just above
 pub fn serve<'a, T, F, Fut, B>(
     io: &'a mut T,
     config: Config,
@@ -146,8 +145,7 @@ pub fn serve<'a, T, F, Fut, B>(
 ) -> impl Future<Output = Option<Handoff>> + 'a
 where
     T: Transport,
-    F: 'a,
-    F: FnMut(Request<RequestBody>) -> Fut,
+    F: FnMut(Request<RequestBody>) -> Fut + 'a,
     Fut: Future<Output = Result<Response<B>, Infallible>>,
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
