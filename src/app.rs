@@ -125,7 +125,6 @@ pub struct Running {
     stop_accepting: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    drain: watch::Sender<bool>,
     kube: Option<KubeTasks>,
     grace_period: Duration,
     drain_timeout: Duration,
@@ -253,7 +252,6 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
 
     let (stop_accepting, stop_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
-    let (drain, drain_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
     let (events_tx, events_rx) = mpsc::channel(64);
@@ -432,14 +430,11 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
         }
     }
 
-    for (listener, tls, drain) in [
-        (http_listener, None, drain_rx.clone()),
-        (https_listener, Some(tls), drain_rx),
-    ] {
+    for (listener, tls) in [(http_listener, None), (https_listener, Some(tls))] {
         let (health, state, stop) = (health.clone(), state.clone(), stop_rx.clone());
         tasks.push(tokio::spawn(async move {
             if first_configuration(&health, stop.clone()).await {
-                listener::serve(listener, tls, state, stop, drain).await;
+                listener::serve(listener, tls, state, stop).await;
             }
         }));
     }
@@ -487,7 +482,6 @@ pub async fn start_with_access_log(cli: Cli, access_log: bool) -> Result<Running
         stop_accepting,
         stop_admin,
         tasks,
-        drain,
         kube: kube_tasks,
         grace_period: cli.shutdown_grace_period,
         drain_timeout: cli.shutdown_drain_timeout,
@@ -516,7 +510,7 @@ impl Running {
         let linger = Duration::from_millis(250).min(self.drain_timeout);
         tokio::time::sleep(linger).await;
         let drained = tokio::time::timeout(self.drain_timeout.saturating_sub(linger), async {
-            let _ = self.drain.send(true);
+            self.state.drain.start();
             self.state.connections.wait_idle().await;
             self.state.tunnels.wait_idle().await;
         })

@@ -564,11 +564,10 @@ async fn http1_exchange(data: &[u8]) {
             }
         }
     };
-    // The drain sender lives as long as the connection (a dropped one reads as "drain").
-    let (_drain, mut drain) = tokio::sync::watch::channel(false);
+    let drain = sluice::proxy::drain::Drain::default();
     let serve = async {
         let mut server = server;
-        let handoff = http1::serve(&mut server, config, service, &mut drain).await;
+        let handoff = http1::serve(&mut server, config, service, &drain).await;
         // An upgrade hands the transport to its tunnel; an HTTP/2 hand-off is just closed.
         let _ = handoff.and_then(|handoff| handoff.finish(server));
         // Tunnels echo what the client sends after its upgrade request.

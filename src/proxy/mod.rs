@@ -12,6 +12,7 @@ pub mod compress;
 pub mod conn_timer;
 pub mod cors;
 pub mod custom_errors;
+pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod headers;
@@ -44,6 +45,8 @@ pub struct ProxyState {
     pub access_log: Option<AccessLog>,
     /// Set at shutdown: every response then carries `Connection: close`.
     pub draining: AtomicBool,
+    /// Set after the grace period: connections finish (idle ones close at once).
+    pub drain: drain::Drain,
     /// Open WebSocket (upgraded) tunnels, which shutdown waits for.
     pub tunnels: Arc<Tracker>,
     /// Open client connections, which shutdown waits for.
@@ -79,6 +82,7 @@ impl ProxyState {
             metrics,
             access_log,
             draining: AtomicBool::new(false),
+            drain: drain::Drain::default(),
             tunnels: Arc::new(Tracker::default()),
             connections: Arc::new(Tracker::default()),
             limits,
@@ -93,11 +97,13 @@ impl ProxyState {
     }
 }
 
-/// A count of open things (connections, tunnels) and a way to wait until none are left.
+/// A count of open things (connections, tunnels) and ways to wait until none are left or
+/// one more has closed.
 #[derive(Debug, Default)]
 pub struct Tracker {
     open: AtomicUsize,
     closed: Notify,
+    left: Notify,
 }
 
 /// Held while the thing is open; closing it is dropping it.
@@ -106,16 +112,32 @@ pub struct TrackerGuard(Arc<Tracker>);
 
 impl Drop for TrackerGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.closed.notify_waiters();
-        }
+        self.0.leave();
     }
 }
 
 impl Tracker {
     pub fn open(self: &Arc<Self>) -> TrackerGuard {
-        self.open.fetch_add(1, Ordering::AcqRel);
+        self.enter();
         TrackerGuard(self.clone())
+    }
+
+    /// One more open, for owners that close it themselves with `leave` (exactly once).
+    pub fn enter(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn leave(&self) {
+        let was = self.open.fetch_sub(1, Ordering::AcqRel);
+        self.left.notify_one();
+        if was == 1 {
+            self.closed.notify_waiters();
+        }
+    }
+
+    /// Resolves after a `leave` (perhaps one that came before the call: then at once).
+    pub async fn one_left(&self) {
+        self.left.notified().await;
     }
 
     pub fn count(&self) -> usize {

@@ -32,9 +32,10 @@ use http_body::Body;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::drain::Drain;
 use body::PumpEnd;
 pub use body::RequestBody;
 use response::{BodyFraming, Exchange, WriteQueue, HIGH_WATER};
@@ -141,7 +142,7 @@ pub fn serve<'a, T, F, Fut, B>(
     io: &'a mut T,
     config: Config,
     mut service: F,
-    drain: &'a mut watch::Receiver<bool>,
+    drain: &'a Drain,
 ) -> impl Future<Output = Option<Handoff>> + 'a
 where
     T: Transport,
@@ -168,7 +169,7 @@ where
                     biased;
                     ready = poll_fn(|cx| io.poll_read_ready(cx)) => if ready.is_err() { return None },
                     _ = timer.as_mut() => return None,
-                    _ = drain.wait_for(|d| *d) => return None,
+                    _ = drain.wait() => return None,
                 }
             }
             // client-header-timeout runs from accept for the first request, else from the
@@ -222,7 +223,7 @@ where
                     },
                     // client-header-timeout: nginx closes without an answer (408 in its log).
                     _ = timer.as_mut() => return None,
-                    _ = drain.wait_for(|d| *d), if idle => return None,
+                    _ = drain.wait(), if idle => return None,
                 }
             };
             drop(reading);
@@ -243,12 +244,12 @@ where
                 &mut buf,
                 &mut service,
                 head,
-                config.keep_alive.is_zero() || *drain.borrow(),
+                config.keep_alive.is_zero() || drain.is_set(),
             ));
             match exchange.await {
-                Outcome::KeepAlive if !*drain.borrow() => {}
+                Outcome::KeepAlive if !drain.is_set() => {}
                 Outcome::KeepAlive | Outcome::Close => {
-                    Box::pin(close(&mut *io, &mut buf, &mut *drain)).await;
+                    Box::pin(close(&mut *io, &mut buf, drain)).await;
                     return None;
                 }
                 Outcome::Gone => return None,
@@ -267,7 +268,7 @@ where
                 buf = BytesMut::new();
             }
         };
-        Box::pin(refuse(&mut *io, refused, &mut *drain)).await;
+        Box::pin(refuse(&mut *io, refused, drain)).await;
         None
     }
 }
@@ -507,7 +508,7 @@ fn is_h2_start(buf: &[u8]) -> bool {
 
 /// Answer a request that cannot be served (bad syntax, ambiguous framing, too large) and
 /// close: nothing after it on the connection can be trusted.
-async fn refuse<T: Transport>(io: &mut T, status: StatusCode, drain: &mut watch::Receiver<bool>) {
+async fn refuse<T: Transport>(io: &mut T, status: StatusCode, drain: &Drain) {
     let mut out = Vec::with_capacity(160);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -525,7 +526,7 @@ async fn refuse<T: Transport>(io: &mut T, status: StatusCode, drain: &mut watch:
 /// Close after a response: send FIN, then read and drop what the client still sends for a
 /// short while, so unread input does not make the kernel reset the connection before the
 /// client has read the response (nginx's lingering close). A drain cuts the wait short.
-async fn close<T: Transport>(io: &mut T, buf: &mut BytesMut, drain: &mut watch::Receiver<bool>) {
+async fn close<T: Transport>(io: &mut T, buf: &mut BytesMut, drain: &Drain) {
     let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
     let linger = tokio::time::timeout(LINGER, async {
         let mut drained = 0u64;
@@ -542,6 +543,6 @@ async fn close<T: Transport>(io: &mut T, buf: &mut BytesMut, drain: &mut watch::
     });
     tokio::select! {
         _ = linger => {}
-        _ = drain.wait_for(|d| *d) => {}
+        _ = drain.wait() => {}
     }
 }
