@@ -8,7 +8,7 @@
 //! caller.
 //!
 //! PERF: 10 000 idle keep-alive connections (benches/compare.sh idle-10k): peak RSS 215 MiB
-//! on hyper's server connection, 39.7 MiB on this loop, 27.4-30.9 MiB since `serve` borrows
+//! on hyper's server connection, 39.7 MiB on this loop, 26.8-27.5 MiB since `serve` borrows
 //! its transport and the connection's future was slimmed (nginx: 26 MiB). h1-small CPU per
 //! request 1.27x -> 1.21x nginx's (benches/README.md).
 
