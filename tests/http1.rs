@@ -511,3 +511,61 @@ async fn the_header_limit_holds_however_the_head_arrives() {
     drop(client);
     sluice.shutdown().await;
 }
+
+#[tokio::test]
+async fn heads_with_hundreds_of_fields_pass_both_ways() {
+    // nginx limits heads by size only; 150 fields each way fit its default buffers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let received = String::from_utf8_lossy(&head)
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-client-field-"))
+            .count()
+            .to_string();
+        let fields: String = (0..150)
+            .map(|i| format!("x-backend-field-{i}: {i}\r\n"))
+            .collect();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{fields}\r\n{received}",
+            received.len()
+        );
+        stream.write_all(response.as_bytes()).await.unwrap();
+    });
+    let sluice = start(&[addr], &[]).await;
+    let mut client = Client::connect(sluice.http).await;
+    let fields: String = (0..150)
+        .map(|i| format!("X-Client-Field-{i}: {i}\r\n"))
+        .collect();
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n{fields}\r\n");
+    client.send(request.as_bytes()).await;
+    // The head, then the body: the count of fields the backend received.
+    while !client.buf.windows(4).any(|w| w == b"\r\n\r\n") || client.buf.ends_with(b"\n") {
+        assert!(
+            client.fill().await,
+            "closed early: {:?}",
+            String::from_utf8_lossy(&client.buf)
+        );
+    }
+    let reply = String::from_utf8_lossy(&client.buf).to_string();
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    let returned = reply
+        .lines()
+        .filter(|l| l.starts_with("x-backend-field-"))
+        .count();
+    assert_eq!(returned, 150, "the backend's fields came through: {reply}");
+    assert!(
+        reply.ends_with("\r\n\r\n150"),
+        "the client's fields reached it: {reply}"
+    );
+    sluice.shutdown().await;
+}

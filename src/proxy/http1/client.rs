@@ -22,15 +22,13 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::{Decoder, Piece};
-use super::request::{parse_length, ConnectionTokens};
+use super::request::{more_header_slots, parse_length, ConnectionTokens, MAX_HEADERS};
 use super::response::chunk_size_line;
 use super::upgrade::Rewind;
 use crate::proxy::body::{BoxError, ProxyBody};
 
 /// The largest response head accepted (hyper's client limit: 8 KiB plus 100 x 4 KiB).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
-/// Header fields in a response head.
-const MAX_HEADERS: usize = 100;
 /// The first read for a response: its head and, for small responses, its whole body.
 const FIRST_READ: usize = 8 * 1024;
 /// Reads while a body streams in.
@@ -381,12 +379,26 @@ struct ParsedHead {
 
 fn parse_head(buf: &[u8]) -> Result<Option<(ParsedHead, usize)>, ClientError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut headers);
+    match parse_head_with(buf, &mut headers) {
+        Err(ClientError::Malformed(TOO_MANY_FIELDS)) => {
+            parse_head_with(buf, &mut more_header_slots(buf))
+        }
+        parsed => parsed,
+    }
+}
+
+const TOO_MANY_FIELDS: &str = "more than 8 192 header fields";
+
+fn parse_head_with<'b>(
+    buf: &'b [u8],
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<(ParsedHead, usize)>, ClientError> {
+    let mut res = httparse::Response::new(headers);
     let len = match res.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(ClientError::Malformed("more than 100 header fields"))
+            return Err(ClientError::Malformed(TOO_MANY_FIELDS))
         }
         Err(httparse::Error::Status) => return Err(ClientError::Malformed("status line")),
         Err(httparse::Error::Version) => return Err(ClientError::Malformed("HTTP version")),

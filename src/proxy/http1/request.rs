@@ -6,8 +6,20 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-/// Header fields per request. hyper's limit too; nginx has none but its buffer size.
-const MAX_HEADERS: usize = 100;
+/// Header fields a head is first parsed for (slots on the stack; hyper's limit).
+pub(super) const MAX_HEADERS: usize = 100;
+/// Header fields any head may have. nginx has no count limit, only the head's size
+/// (large-client-header-buffers, proxy-buffer-size), so a head with more than
+/// `MAX_HEADERS` is parsed again with a slot per line, up to this (HeaderMap's own ceiling
+/// is 32 768).
+const MAX_HEADERS_ANY: usize = 8192;
+
+/// Slots for parsing `buf` again after httparse ran out of `MAX_HEADERS`: one per line
+/// received so far (a field takes a line), so the cost stays in proportion to the parse.
+pub(super) fn more_header_slots(buf: &[u8]) -> Vec<httparse::Header<'_>> {
+    let lines = buf.iter().filter(|&&b| b == b'\n').count();
+    vec![httparse::EMPTY_HEADER; lines.clamp(MAX_HEADERS, MAX_HEADERS_ANY)]
+}
 
 /// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +55,19 @@ pub struct Refused(pub StatusCode);
 /// caller hands the head bytes over (see `build`).
 pub fn parse(buf: &[u8]) -> Result<Option<(Parsed, usize)>, Refused> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
+    match parse_with(buf, &mut headers) {
+        Err(Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)) => {
+            parse_with(buf, &mut more_header_slots(buf))
+        }
+        parsed => parsed,
+    }
+}
+
+fn parse_with<'b>(
+    buf: &'b [u8],
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<(Parsed, usize)>, Refused> {
+    let mut req = httparse::Request::new(headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -236,6 +260,30 @@ mod tests {
         assert_eq!(h.headers["x-y"], "z");
         assert_eq!(h.framing, Framing::None);
         assert!(h.keep_alive && !h.expect_continue && !h.wants_upgrade);
+    }
+
+    #[test]
+    fn more_than_a_hundred_fields_are_read_as_nginx_does() {
+        let fields = |n: usize| {
+            (0..n)
+                .map(|i| format!("X-F{i}: {i}\r\n"))
+                .collect::<String>()
+        };
+        let h = head(&format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", fields(300))).unwrap();
+        assert_eq!(h.headers.len(), 301);
+        assert_eq!(h.headers["x-f299"], "299");
+        // Incomplete past the first 100 fields: still asks for more.
+        let partial = format!("GET / HTTP/1.1\r\nHost: a\r\n{}", fields(150));
+        assert!(parse(partial.as_bytes()).unwrap().is_none());
+        // Beyond any real head (nginx's size limits come first in practice): 431.
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+            fields(MAX_HEADERS_ANY)
+        );
+        assert_eq!(
+            head(&raw).unwrap_err().0,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
     }
 
     #[test]
