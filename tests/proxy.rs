@@ -750,6 +750,39 @@ async fn keep_alive_requests_closes_the_connection_after_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_requests_ends_an_http2_connection_with_goaway() {
+    let backend = Backend::start("web").await;
+    let sluice = start(&[backend.addr], &[("keep-alive-requests", "3")]).await;
+    let stream = TcpStream::connect(sluice.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    for i in 1..=3 {
+        let req = Request::get(format!("http://{HOST}/{i}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(backend.hits(), 3);
+    // As nginx: after the third request, GOAWAY; the connection ends once it is answered.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("connection ended by the proxy")
+        .unwrap()
+        .unwrap();
+    let req = Request::get(format!("http://{HOST}/4"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert!(sender.send_request(req).await.is_err());
+    assert_eq!(backend.hits(), 3);
+    sluice.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_routes_by_authority() {
     let shop = Backend::start("shop").await;
     let other = Backend::start("other").await;

@@ -15,12 +15,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// What the pipeline tells the connection's timers.
+/// What the pipeline tells an HTTP/2 connection: for its timers, and when
+/// `keep-alive-requests` is used up.
 #[derive(Debug, Default)]
 pub struct ConnActivity {
     started: AtomicU64,
     finished: AtomicU64,
     upgraded: AtomicBool,
+    used_up: tokio::sync::Notify,
 }
 
 impl ConnActivity {
@@ -29,6 +31,16 @@ impl ConnActivity {
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.started.fetch_add(1, Ordering::AcqRel);
         RequestGuard(self.clone())
+    }
+
+    /// The connection has had its `keep-alive-requests`: it should take no more (GOAWAY).
+    pub fn requests_used_up(&self) {
+        self.used_up.notify_one();
+    }
+
+    /// Resolves once `requests_used_up` was called (at once if it already was).
+    pub async fn wait_used_up(&self) {
+        self.used_up.notified().await;
     }
 
     /// The connection became a tunnel (WebSocket): its own idle timeout applies from now on.

@@ -238,8 +238,8 @@ impl ConnLimits {
     }
 }
 
-/// Serve HTTP/2 with hyper until the connection ends or drains (GOAWAY, then the open
-/// streams finish).
+/// Serve HTTP/2 with hyper until the connection ends, drains or has had its
+/// `keep-alive-requests` (GOAWAY, then the open streams finish).
 async fn serve_http2<I>(io: I, info: Arc<ConnInfo>, state: &Arc<ProxyState>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -261,7 +261,12 @@ where
             (Arc::new(info), activity)
         }
     };
-    let io = TimedIo::new(io, activity, limits.header_timeout, limits.keep_alive);
+    let io = TimedIo::new(
+        io,
+        activity.clone(),
+        limits.header_timeout,
+        limits.keep_alive,
+    );
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -278,9 +283,16 @@ where
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
+    // keep-alive-requests used up, or shutdown: GOAWAY, and the open streams finish.
+    let goaway = async {
+        tokio::select! {
+            _ = state.drain.wait() => {}
+            _ = activity.wait_used_up() => {}
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = state.drain.wait() => {
+        _ = goaway => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

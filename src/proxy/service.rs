@@ -204,6 +204,13 @@ pub async fn handle(
     let snapshot = state.snapshot.load_full();
     let settings = snapshot.settings.clone();
     let served_on_conn = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    if served_on_conn >= settings.keep_alive_requests {
+        // HTTP/2 (the connections with an activity): GOAWAY now, as nginx does once a
+        // connection has had keep-alive-requests streams; this one is still answered.
+        if let Some(activity) = &conn.activity {
+            activity.requests_used_up();
+        }
+    }
     let client = client_ip(&settings, conn.peer.ip(), req.headers());
 
     let host = req
