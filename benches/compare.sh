@@ -404,7 +404,7 @@ run_newconn() { # $1 = proxy, $2 = seconds, $3 = out prefix
 
 # HTTP/2 over TLS, H2_CLIENTS connections with H2_STREAMS concurrent streams each, each
 # connection making H2_PER_CONN requests (1000: ingress-nginx's keep-alive-requests, after
-# which nginx closes an HTTP/2 connection too; h2load does not reconnect, so invocations are
+# which both proxies close an HTTP/2 connection; h2load does not reconnect, so invocations are
 # repeated until the duration is over).
 run_h2mux() { # $1 = proxy, $2 = seconds, $3 = out prefix
     h2load_loop "$1" "$2" "$3" -c "$H2_CLIENTS" -m "$H2_STREAMS" -n "$((H2_CLIENTS * H2_PER_CONN))"
