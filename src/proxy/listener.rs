@@ -172,8 +172,7 @@ where
     let https = tls.is_some();
     let scheme = if https { "https" } else { "http" };
     let (client_cert, alpn_h2) = tls.map_or((None, false), |t| (t.client_cert, t.alpn_h2));
-    let activity = alpn_h2.then(Arc::default);
-    let info = Arc::new(ConnInfo::new(peer, local, scheme, client_cert, activity));
+    let info = Arc::new(ConnInfo::new(peer, local, scheme, client_cert, None));
     async move {
         // Boxed (both places): the HTTP/2 state must not sit in every HTTP/1 connection's task.
         if alpn_h2 {
@@ -245,22 +244,17 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = ConnLimits::new(&state.snapshot.load().settings);
-    // A connection handed over by the HTTP/1 loop (prior knowledge) has no timers' state yet.
-    let (info, activity) = match info.activity.clone() {
-        Some(activity) => (info, activity),
-        None => {
-            let activity = Arc::new(ConnActivity::default());
-            let cert = info.client_cert.clone();
-            let info = ConnInfo::new(
-                info.peer,
-                info.local,
-                info.scheme,
-                cert,
-                Some(activity.clone()),
-            );
-            (Arc::new(info), activity)
-        }
-    };
+    // The connection's record as HTTP/2 keeps it: with the timers' view of its streams.
+    let activity = Arc::new(ConnActivity::default());
+    let cert = info.client_cert.clone();
+    let info = ConnInfo::new(
+        info.peer,
+        info.local,
+        info.scheme,
+        cert,
+        Some(activity.clone()),
+    );
+    let info = Arc::new(info);
     let io = TimedIo::new(
         io,
         activity.clone(),

@@ -204,7 +204,10 @@ pub async fn handle(
     let snapshot = state.snapshot.load_full();
     let settings = snapshot.settings.clone();
     let served_on_conn = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
-    if served_on_conn >= settings.keep_alive_requests {
+    // keep-alive-requests: this is the connection's last request (HTTP/1: `Connection:
+    // close` on its response, below).
+    let last_allowed = served_on_conn >= settings.keep_alive_requests;
+    if last_allowed {
         // HTTP/2 (the connections with an activity): GOAWAY now, as nginx does once a
         // connection has had keep-alive-requests streams; this one is still answered.
         if let Some(activity) = &conn.activity {
@@ -523,8 +526,7 @@ pub async fn handle(
         }
     }
     // Announce every server-side close so well-behaved clients never see a failed request.
-    let last_on_conn = version <= Version::HTTP_11
-        && (state.is_draining() || served_on_conn >= settings.keep_alive_requests);
+    let last_on_conn = version <= Version::HTTP_11 && (state.is_draining() || last_allowed);
     if last_on_conn && response.status() != StatusCode::SWITCHING_PROTOCOLS {
         response
             .headers_mut()

@@ -22,7 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::{Decoder, Piece};
-use super::request::{more_header_slots, parse_length, ConnectionTokens, MAX_HEADERS};
+use super::request::{
+    field_ranges, parse_length, parse_with_slots, version_of, ConnectionTokens, Range,
+};
 use super::response::chunk_size_line;
 use super::upgrade::Rewind;
 use crate::proxy::body::{BoxError, ProxyBody};
@@ -369,8 +371,6 @@ fn respond(
     response
 }
 
-type Range = (usize, usize);
-
 struct ParsedHead {
     status: u16,
     version: Version,
@@ -378,54 +378,26 @@ struct ParsedHead {
 }
 
 fn parse_head(buf: &[u8]) -> Result<Option<(ParsedHead, usize)>, ClientError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match parse_head_with(buf, &mut headers) {
-        Err(ClientError::Malformed(TOO_MANY_FIELDS)) => {
-            parse_head_with(buf, &mut more_header_slots(buf))
-        }
-        parsed => parsed,
-    }
-}
-
-const TOO_MANY_FIELDS: &str = "more than 8 192 header fields";
-
-fn parse_head_with<'b>(
-    buf: &'b [u8],
-    headers: &mut [httparse::Header<'b>],
-) -> Result<Option<(ParsedHead, usize)>, ClientError> {
-    let mut res = httparse::Response::new(headers);
-    let len = match res.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(ClientError::Malformed(TOO_MANY_FIELDS))
-        }
-        Err(httparse::Error::Status) => return Err(ClientError::Malformed("status line")),
-        Err(httparse::Error::Version) => return Err(ClientError::Malformed("HTTP version")),
-        Err(_) => return Err(ClientError::Malformed("header syntax")),
-    };
-    let base = buf.as_ptr() as usize;
-    let range = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        (start, start + s.len())
-    };
-    let fields = res
-        .headers
-        .iter()
-        .map(|h| (range(h.name.as_bytes()), range(h.value)))
-        .collect();
-    Ok(Some((
-        ParsedHead {
+    let parsed = parse_with_slots(buf, |headers| {
+        let mut res = httparse::Response::new(headers);
+        let httparse::Status::Complete(len) = res.parse(buf)? else {
+            return Ok(None);
+        };
+        let parsed = ParsedHead {
             status: res.code.unwrap_or_default(),
-            version: if res.version == Some(0) {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            },
-            fields,
-        },
-        len,
-    )))
+            version: version_of(res.version),
+            fields: field_ranges(buf, res.headers),
+        };
+        Ok(Some((parsed, len)))
+    });
+    parsed.map_err(|e| {
+        ClientError::Malformed(match e {
+            httparse::Error::TooManyHeaders => "more than 8 192 header fields",
+            httparse::Error::Status => "status line",
+            httparse::Error::Version => "HTTP version",
+            _ => "header syntax",
+        })
+    })
 }
 
 /// Typed head; header values share `bytes` (no copy).

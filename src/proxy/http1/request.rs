@@ -7,18 +7,57 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
 /// Header fields a head is first parsed for (slots on the stack; hyper's limit).
-pub(super) const MAX_HEADERS: usize = 100;
+const MAX_HEADERS: usize = 100;
 /// Header fields any head may have. nginx has no count limit, only the head's size
 /// (large-client-header-buffers, proxy-buffer-size), so a head with more than
 /// `MAX_HEADERS` is parsed again with a slot per line, up to this (HeaderMap's own ceiling
 /// is 32 768).
 const MAX_HEADERS_ANY: usize = 8192;
 
-/// Slots for parsing `buf` again after httparse ran out of `MAX_HEADERS`: one per line
-/// received so far (a field takes a line), so the cost stays in proportion to the parse.
-pub(super) fn more_header_slots(buf: &[u8]) -> Vec<httparse::Header<'_>> {
-    let lines = buf.iter().filter(|&&b| b == b'\n').count();
-    vec![httparse::EMPTY_HEADER; lines.clamp(MAX_HEADERS, MAX_HEADERS_ANY)]
+/// Run an httparse parse of `buf` (request or response head: `parse`) over header slots:
+/// `MAX_HEADERS` on the stack, and for a head with more fields, again with one slot per line
+/// received so far (a field takes a line, so the cost stays in proportion to the parse), up
+/// to `MAX_HEADERS_ANY`. `Ok(None)`: incomplete.
+pub(super) fn parse_with_slots<'b, T>(
+    buf: &'b [u8],
+    mut parse: impl FnMut(&mut [httparse::Header<'b>]) -> Result<Option<T>, httparse::Error>,
+) -> Result<Option<T>, httparse::Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match parse(&mut headers) {
+        Err(httparse::Error::TooManyHeaders) => {
+            let lines = buf.iter().filter(|&&b| b == b'\n').count();
+            parse(&mut vec![
+                httparse::EMPTY_HEADER;
+                lines.clamp(MAX_HEADERS, MAX_HEADERS_ANY)
+            ])
+        }
+        parsed => parsed,
+    }
+}
+
+pub(super) type Range = (usize, usize);
+
+/// Where `part`, a slice of `buf`, lies in it.
+pub(super) fn range_in(buf: &[u8], part: &[u8]) -> Range {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    (start, start + part.len())
+}
+
+/// Where each parsed field's name and value lie in `buf`.
+pub(super) fn field_ranges(buf: &[u8], fields: &[httparse::Header<'_>]) -> Vec<(Range, Range)> {
+    fields
+        .iter()
+        .map(|h| (range_in(buf, h.name.as_bytes()), range_in(buf, h.value)))
+        .collect()
+}
+
+/// The HTTP version httparse read (`0`: HTTP/1.0).
+pub(super) fn version_of(minor: Option<u8>) -> Version {
+    if minor == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    }
 }
 
 /// How the request body is delimited.
@@ -54,53 +93,24 @@ pub struct Refused(pub StatusCode);
 /// head's length in bytes is returned with it; header values share `buf`'s memory once the
 /// caller hands the head bytes over (see `build`).
 pub fn parse(buf: &[u8]) -> Result<Option<(Parsed, usize)>, Refused> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match parse_with(buf, &mut headers) {
-        Err(Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)) => {
-            parse_with(buf, &mut more_header_slots(buf))
-        }
-        parsed => parsed,
-    }
+    let parsed = parse_with_slots(buf, |headers| {
+        let mut req = httparse::Request::new(headers);
+        let httparse::Status::Complete(len) = req.parse(buf)? else {
+            return Ok(None);
+        };
+        let parsed = Parsed {
+            method: range_in(buf, req.method.unwrap_or_default().as_bytes()),
+            target: range_in(buf, req.path.unwrap_or_default().as_bytes()),
+            version: version_of(req.version),
+            fields: field_ranges(buf, req.headers),
+        };
+        Ok(Some((parsed, len)))
+    });
+    parsed.map_err(|e| match e {
+        httparse::Error::TooManyHeaders => Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        _ => Refused(StatusCode::BAD_REQUEST),
+    })
 }
-
-fn parse_with<'b>(
-    buf: &'b [u8],
-    headers: &mut [httparse::Header<'b>],
-) -> Result<Option<(Parsed, usize)>, Refused> {
-    let mut req = httparse::Request::new(headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
-        }
-        Err(_) => return Err(Refused(StatusCode::BAD_REQUEST)),
-    };
-    let base = buf.as_ptr() as usize;
-    let range = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        (start, start + s.len())
-    };
-    let mut fields = Vec::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        fields.push((range(h.name.as_bytes()), range(h.value)));
-    }
-    Ok(Some((
-        Parsed {
-            method: range(req.method.unwrap_or_default().as_bytes()),
-            target: range(req.path.unwrap_or_default().as_bytes()),
-            version: if req.version == Some(0) {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            },
-            fields,
-        },
-        len,
-    )))
-}
-
-type Range = (usize, usize);
 
 /// Where the parts of a head lie in its bytes: httparse borrows the read buffer, which the
 /// caller then splits off and freezes so values can share it without a copy.
