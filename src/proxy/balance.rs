@@ -3,11 +3,13 @@
 //! affinity, as ingress-nginx's Lua balancer does. Round-robin positions and EWMA scores
 //! live in [`Balancers`], kept across snapshots by backend name.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+// PERF: foldhash: one lookup by backend name per request, ~210 instructions with SipHash.
+use foldhash::HashMap;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::Request;

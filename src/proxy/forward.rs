@@ -3,6 +3,7 @@
 //! tunnels.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -265,27 +266,31 @@ fn idempotent(method: &Method) -> bool {
 /// Send `req` to one of `backend`'s endpoints, retrying others as `proxy-next-upstream`
 /// allows. A streamed request body can be sent again only while no byte of it was; a
 /// buffered one (proxy-request-buffering) is replayed on every attempt.
-pub async fn forward(
-    state: &Arc<ProxyState>,
-    settings: &Settings,
-    backend: &Arc<Backend>,
+pub fn forward<'a>(
+    state: &'a Arc<ProxyState>,
+    settings: &'a Settings,
+    backend: &'a Arc<Backend>,
     req: Request<RequestBody>,
-    ctx: &ForwardContext,
-    protocol: &UpstreamProtocol,
-) -> Result<Forwarded, ForwardError> {
-    forward_with(state, settings, backend, req, ctx, protocol, None, None).await
+    ctx: &'a ForwardContext,
+    protocol: &'a UpstreamProtocol,
+) -> impl Future<Output = Result<Forwarded, ForwardError>> + 'a {
+    forward_with(state, settings, backend, req, ctx, protocol, None, None)
 }
 
 /// [`forward`] for a location: its protocol, proxy settings (timeouts, retries, version,
 /// buffering, redirect and cookie rewriting) and header policy.
-pub async fn forward_route(
-    state: &Arc<ProxyState>,
-    settings: &Settings,
-    backend: &Arc<Backend>,
+///
+/// PERF: a plain fn handing back `forward_with`'s future, not an `async fn` awaiting it: a
+/// wrapping future is one more 3.4 KB state machine copied as the request is built
+/// (memcpy was 11 % of h1-small's instructions).
+pub fn forward_route<'a>(
+    state: &'a Arc<ProxyState>,
+    settings: &'a Settings,
+    backend: &'a Arc<Backend>,
     req: Request<RequestBody>,
-    ctx: &ForwardContext,
-    policy: &RoutePolicy,
-) -> Result<Forwarded, ForwardError> {
+    ctx: &'a ForwardContext,
+    policy: &'a RoutePolicy,
+) -> impl Future<Output = Result<Forwarded, ForwardError>> + 'a {
     forward_with(
         state,
         settings,
@@ -296,7 +301,6 @@ pub async fn forward_route(
         policy.proxy.as_deref(),
         policy.headers.as_deref(),
     )
-    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -632,7 +636,7 @@ enum UpstreamEnd {
 /// Wait for the response header: proxy-send-timeout while the body is still going out,
 /// proxy-read-timeout once it went out entirely.
 async fn wait_for_response(
-    send: impl std::future::Future<Output = SendResult>,
+    send: impl Future<Output = SendResult>,
     progress: &BodyProgress,
     proxy: &ProxyPolicy,
     peer: SocketAddr,
