@@ -450,7 +450,17 @@ pub async fn handle(
                 }
             };
             let forwarding = Instant::now();
-            match forward_route(&state, &settings, &backend, req, &ctx, &route.policy).await {
+            // PERF: boxed: unboxed, the upstream exchange's 3.4 KB state made this future
+            // 7 KB, all of it copied into its box as each request starts.
+            let forwarding_future = Box::pin(forward_route(
+                &state,
+                &settings,
+                &backend,
+                req,
+                &ctx,
+                &route.policy,
+            ));
+            match forwarding_future.await {
                 Ok(forwarded) => {
                     upstream_times =
                         Some((forwarding, forwarded.connect_time, forwarded.header_time));
