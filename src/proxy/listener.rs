@@ -49,6 +49,9 @@ pub async fn serve(
     state: Arc<ProxyState>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The port every connection here arrived on (X-Forwarded-Port, auth's server port): the
+    // listener's, so no getsockname per connection.
+    let local_port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         // Stay under the connection cap; re-read it so a ConfigMap change applies live.
         loop {
@@ -78,7 +81,6 @@ pub async fn serve(
             return;
         }
         let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
         let slot = ConnSlot::open(&state);
         // PERF: one task type per transport, so the plain-HTTP task carries no TLS state,
         // and no argument twice (an `async fn` keeps its arguments for its whole life
@@ -86,10 +88,10 @@ pub async fn serve(
         // plain connection 1 280 -> 512 bytes (the size test below).
         match &tls {
             None => {
-                tokio::spawn(serve_connection(stream, peer, local, None, slot));
+                tokio::spawn(serve_connection(stream, peer, local_port, None, slot));
             }
             Some(tls) => {
-                tokio::spawn(serve_tls(tls.clone(), stream, peer, local, slot));
+                tokio::spawn(serve_tls(tls.clone(), stream, peer, local_port, slot));
             }
         }
     }
@@ -126,7 +128,7 @@ async fn serve_tls(
     tls: Arc<TlsContext>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
+    local_port: u16,
     slot: ConnSlot,
 ) {
     let accept = super::client_cert::accept(&tls, stream);
@@ -140,7 +142,7 @@ async fn serve_tls(
                 client_cert,
                 alpn_h2,
             };
-            serve_connection(stream, peer, local, Some(tls), slot).await
+            serve_connection(stream, peer, local_port, Some(tls), slot).await
         }
         Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -162,7 +164,7 @@ struct TlsFacts {
 fn serve_connection<I>(
     mut io: I,
     peer: SocketAddr,
-    local: SocketAddr,
+    local_port: u16,
     tls: Option<TlsFacts>,
     slot: ConnSlot,
 ) -> impl std::future::Future<Output = ()> + Send
@@ -172,7 +174,7 @@ where
     let https = tls.is_some();
     let scheme = if https { "https" } else { "http" };
     let (client_cert, alpn_h2) = tls.map_or((None, false), |t| (t.client_cert, t.alpn_h2));
-    let info = Arc::new(ConnInfo::new(peer, local, scheme, client_cert, None));
+    let info = Arc::new(ConnInfo::new(peer, local_port, scheme, client_cert, None));
     async move {
         // Boxed (both places): the HTTP/2 state must not sit in every HTTP/1 connection's task.
         if alpn_h2 {
@@ -249,7 +251,7 @@ where
     let cert = info.client_cert.clone();
     let info = ConnInfo::new(
         info.peer,
-        info.local,
+        info.local_port,
         info.scheme,
         cert,
         Some(activity.clone()),
@@ -322,7 +324,7 @@ mod tests {
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
         let slot = ConnSlot::open(&state);
-        let future = serve_connection(stream, peer, addr, None, slot);
+        let future = serve_connection(stream, peer, addr.port(), None, slot);
         let size = std::mem::size_of_val(&future);
         // 384 bytes in release builds, 392 in debug ones: with tokio's 120 bytes of task
         // header, a 512-byte cell (the cell is aligned to 128). It was 1 160 bytes in a

@@ -34,7 +34,8 @@ static X_FORWARDED_PORT: header::HeaderName = header::HeaderName::from_static("x
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    pub local: SocketAddr,
+    /// The port the connection arrived on.
+    pub local_port: u16,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// The client certificate the TLS handshake established (`auth-tls-*` hosts only).
@@ -49,14 +50,14 @@ pub struct ConnInfo {
 impl ConnInfo {
     pub fn new(
         peer: SocketAddr,
-        local: SocketAddr,
+        local_port: u16,
         scheme: &'static str,
         client_cert: Option<Arc<super::client_cert::PeerCert>>,
         activity: Option<Arc<ConnActivity>>,
     ) -> ConnInfo {
         ConnInfo {
             peer,
-            local,
+            local_port,
             scheme,
             client_cert,
             requests: AtomicU64::new(0),
@@ -256,8 +257,7 @@ pub async fn handle(
         best_host: first_value(&X_FORWARDED_HOST).unwrap_or_else(|| host.clone()),
         scheme: first_value(&X_FORWARDED_PROTO)
             .unwrap_or_else(|| HeaderValue::from_static(conn.scheme)),
-        port: first_value(&X_FORWARDED_PORT)
-            .unwrap_or_else(|| HeaderValue::from(conn.local.port())),
+        port: first_value(&X_FORWARDED_PORT).unwrap_or_else(|| HeaderValue::from(conn.local_port)),
         request_id: request_id.clone(),
     };
 
@@ -376,7 +376,7 @@ pub async fn handle(
             let from = crate::auth::AuthRequest {
                 forward: &ctx,
                 scheme: conn.scheme,
-                server_port: conn.local.port(),
+                server_port: conn.local_port,
                 cache_scope: (&*route.labels.host, &*route.labels.path),
             };
             let cache = &state.auth_cache;
