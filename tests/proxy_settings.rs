@@ -288,6 +288,46 @@ async fn http_version_and_connection_header_reach_the_upstream() {
     sluice.shutdown().await;
 }
 
+/// HTTP/1.0 cannot carry a chunked body: nginx buffers the request body then, whatever
+/// proxy-request-buffering says, and sends it with its length. Without that the upstream
+/// would get the head and no body at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_to_an_http10_upstream_is_buffered_and_sent_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("old").await;
+    let manifests = service("shop", "web", 80, &[backend.addr])
+        + &single(
+            "old.example",
+            "web",
+            &[
+                ("proxy-http-version", "1.0"),
+                ("proxy-request-buffering", "off"),
+            ],
+        );
+    let sluice = start(manifests, None).await;
+
+    let mut stream = tokio::net::TcpStream::connect(sluice.http).await.unwrap();
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: old.example\r\nTransfer-Encoding: chunked\r\n\
+              Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("answer within 10 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = backend.last();
+    assert_eq!(seen.body_len, 11, "the upstream got the whole body");
+    assert_eq!(seen.headers["content-length"], "11");
+    assert!(!seen.headers.contains_key("transfer-encoding"));
+    sluice.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_set_headers_add_headers_and_hide_headers_from_the_configmap() {
     let (addr, log) = scripted(handler(|_| async {
