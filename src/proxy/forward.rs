@@ -279,10 +279,9 @@ pub fn forward<'a>(
 
 /// [`forward`] for a location: its protocol, proxy settings (timeouts, retries, version,
 /// buffering, redirect and cookie rewriting) and header policy.
-///
-/// PERF: a plain fn handing back `forward_with`'s future, not an `async fn` awaiting it: a
-/// wrapping future is one more 3.4 KB state machine copied as the request is built
-/// (memcpy was 11 % of h1-small's instructions).
+// PERF: a plain fn handing back `forward_with`'s future (as `forward` does), not an `async
+// fn` awaiting it: a wrapping future is one more 3.4 KB state machine copied as the request
+// is built. Callgrind h1-small: 45 300 -> 44 300 instructions per request.
 pub fn forward_route<'a>(
     state: &'a Arc<ProxyState>,
     settings: &'a Settings,

@@ -227,8 +227,8 @@ struct PoolStats {
 }
 
 // PERF: foldhash, not SipHash: two lookups per request (checkout and checkin) cost ~450
-// instructions each with SipHash (callgrind, h1-small); the keys come from configuration,
-// not from clients.
+// instructions each with SipHash; with the balancer's map, callgrind h1-small went 45 900
+// -> 45 300 instructions per request. The keys come from configuration, not from clients.
 struct PoolInner {
     idle: Mutex<HashMap<PoolKey, Vec<IdleConn>>>,
     /// One multiplexed HTTP/2 connection per key.

@@ -8,10 +8,10 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-// PERF: foldhash for the host and exact-path maps, looked up on every request: SipHash
-// cost ~450 instructions per lookup in the upstream pool (callgrind). These maps are built
-// from configuration; a request can only look up, never insert, so a flooding client has
-// no collisions to grow.
+// PERF: foldhash for the host and exact-path maps, looked up on every request: with 5 000
+// Ingresses, match_host 712 -> 560 instructions per request (callgrind, wrk over random
+// hosts). These maps are built from configuration; a request can only look up, never
+// insert, so a flooding client has no collisions to grow.
 use foldhash::HashMap;
 
 use http::{HeaderValue, StatusCode};
