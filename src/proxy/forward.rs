@@ -340,48 +340,66 @@ async fn forward_with(
         .as_ref()
         .map(|_| super::http1::ClientUpgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let mut headers = upstream_headers(settings, &parts.headers, ctx, upgrade_protocol.as_ref());
+    // upstream-vhost (proxy/rewrite.rs) changes only the Host the upstream sees.
+    let upstream_vhost = parts.extensions.get::<super::rewrite::UpstreamVhost>();
+    let spec = connect_spec(protocol, ctx, backend);
+    let buffered_len = body.buffered_len();
+    // The upstream request's target and headers, built for each attempt.
+    // PERF: built again on a retry instead of cloned for every attempt (and the target taken
+    // from the parsed URI, not parsed again): callgrind h1-small 43 650 -> 43 060
+    // instructions per request.
     let facts = RequestFacts {
         ctx,
         method: &parts.method,
         uri: &parts.uri,
         headers: &parts.headers,
     };
-    super::headers::apply_request(header_policy, &mut headers, &facts);
-    if let Some(connection) = &proxy.connection {
-        headers.insert(header::CONNECTION, connection.clone());
-    }
-    // upstream-vhost (proxy/rewrite.rs) changes only the Host the upstream sees.
-    let upstream_vhost = parts.extensions.get::<super::rewrite::UpstreamVhost>();
-    if let Some(vhost) = upstream_vhost {
-        headers.insert(header::HOST, vhost.0.clone());
-    }
-    let spec = connect_spec(protocol, ctx, backend);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let uri: http::Uri = if spec.http2 {
-        // HTTP/2 carries the host in :authority; gRPC needs `te: trailers` end to end.
-        let scheme = if spec.tls.is_some() { "https" } else { "http" };
-        let authority = upstream_vhost
-            .map_or(&ctx.best_host, |v| &v.0)
-            .to_str()
-            .unwrap_or("localhost");
-        headers.remove(header::HOST);
-        if parts
-            .headers
-            .get(header::TE)
-            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
-        {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    let build_head = || -> (http::Uri, HeaderMap) {
+        let mut headers =
+            upstream_headers(settings, &parts.headers, ctx, upgrade_protocol.as_ref());
+        super::headers::apply_request(header_policy, &mut headers, &facts);
+        if let Some(connection) = &proxy.connection {
+            headers.insert(header::CONNECTION, connection.clone());
         }
-        format!("{scheme}://{authority}{path}")
-            .parse()
-            .unwrap_or_else(|_| http::Uri::from_static("/"))
-    } else {
-        path.parse().unwrap_or_else(|_| http::Uri::from_static("/"))
+        if let Some(vhost) = upstream_vhost {
+            headers.insert(header::HOST, vhost.0.clone());
+        }
+        if let Some(len) = buffered_len {
+            // A buffered body goes upstream with its length, never chunked (as nginx does).
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        let uri: http::Uri = if spec.http2 {
+            let path = parts
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/");
+            // HTTP/2 carries the host in :authority; gRPC needs `te: trailers` end to end.
+            let scheme = if spec.tls.is_some() { "https" } else { "http" };
+            let authority = upstream_vhost
+                .map_or(&ctx.best_host, |v| &v.0)
+                .to_str()
+                .unwrap_or("localhost");
+            headers.remove(header::HOST);
+            if parts
+                .headers
+                .get(header::TE)
+                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+            {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+            format!("{scheme}://{authority}{path}")
+                .parse()
+                .unwrap_or_else(|_| http::Uri::from_static("/"))
+        } else {
+            // Already validated: no second parse.
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .map_or_else(|| http::Uri::from_static("/"), http::Uri::from)
+        };
+        (uri, headers)
     };
     let upstream_version = if spec.http2 {
         Version::HTTP_2
@@ -392,10 +410,6 @@ async fn forward_with(
     };
 
     let body_empty = body.is_empty();
-    if let Some(len) = body.buffered_len() {
-        // A buffered body goes upstream with its length, never chunked (as nginx does).
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
     let replay = match &body {
         RequestBody::Buffered(spool) => Some(spool.clone()),
         _ => None,
@@ -455,11 +469,12 @@ async fn forward_with(
             Some(b) => ProgressBody::new(b, progress.clone()).boxed_unsync(),
             None => empty(),
         };
+        let (uri, headers) = build_head();
         let mut upstream_req = Request::new(request_body);
         *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = uri.clone();
+        *upstream_req.uri_mut() = uri;
         *upstream_req.version_mut() = upstream_version;
-        *upstream_req.headers_mut() = headers.clone();
+        *upstream_req.headers_mut() = headers;
 
         let send = conn.sender.send(upstream_req);
         let response = match wait_for_response(send, &progress, &proxy, peer).await {
