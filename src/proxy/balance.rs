@@ -109,8 +109,8 @@ impl<'a> RequestFacts<'a> {
     }
 }
 
-/// The backend a request goes to and how its endpoint is picked. Put in the request's
-/// extensions for `forward`, which asks it for an endpoint on every attempt.
+/// The backend a request goes to and how its endpoint is picked. Handed to `forward_route`,
+/// which asks it for an endpoint on every attempt.
 #[derive(Debug, Clone)]
 pub struct Selection {
     pub backend: Arc<Backend>,

@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::balance::Selection;
 use super::body::{empty, BodyProgress, ProgressBody, ProxyBody, UpstreamBody};
 use super::error::{ProxyError, RetryClass};
 use super::headers::RequestFacts;
@@ -274,7 +275,9 @@ pub fn forward<'a>(
     ctx: &'a ForwardContext,
     protocol: &'a UpstreamProtocol,
 ) -> impl Future<Output = Result<Forwarded, ForwardError>> + 'a {
-    forward_with(state, settings, backend, req, ctx, protocol, None, None)
+    forward_with(
+        state, settings, backend, req, ctx, protocol, None, None, None,
+    )
 }
 
 /// [`forward`] for a location: its protocol, proxy settings (timeouts, retries, version,
@@ -289,6 +292,7 @@ pub fn forward_route<'a>(
     req: Request<RequestBody>,
     ctx: &'a ForwardContext,
     policy: &'a RoutePolicy,
+    selection: &'a Selection,
 ) -> impl Future<Output = Result<Forwarded, ForwardError>> + 'a {
     forward_with(
         state,
@@ -297,6 +301,7 @@ pub fn forward_route<'a>(
         req,
         ctx,
         &policy.upstream,
+        Some(selection),
         policy.proxy.as_deref(),
         policy.headers.as_deref(),
     )
@@ -310,6 +315,7 @@ async fn forward_with(
     mut req: Request<RequestBody>,
     ctx: &ForwardContext,
     protocol: &UpstreamProtocol,
+    selection: Option<&Selection>,
     proxy: Option<&ProxyPolicy>,
     header_policy: Option<&HeaderPolicy>,
 ) -> Result<Forwarded, ForwardError> {
@@ -434,7 +440,7 @@ async fn forward_with(
     loop {
         attempt += 1;
         let key = PoolKey {
-            endpoint: pick_endpoint(backend, &tried, parts.extensions.get()),
+            endpoint: pick_endpoint(backend, &tried, selection),
             http2: spec.http2,
             tls: spec.tls.as_ref().map(|(t, _)| t.id),
         };
@@ -631,12 +637,12 @@ fn connect_spec(
     }
 }
 
-/// The balancer's choice (proxy/balance.rs: the request's [`super::balance::Selection`] in
-/// its extensions, else round robin), avoiding endpoints this request already failed on.
+/// The balancer's choice (proxy/balance.rs: the request's [`Selection`], else round robin),
+/// avoiding endpoints this request already failed on.
 fn pick_endpoint(
     backend: &Backend,
     tried: &[SocketAddr],
-    selection: Option<&super::balance::Selection>,
+    selection: Option<&Selection>,
 ) -> Endpoint {
     super::balance::pick_endpoint(backend, tried, selection)
 }

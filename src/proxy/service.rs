@@ -436,7 +436,6 @@ pub async fn handle(
             // `$proxy_upstream_name` stays the location's own backend, as in ingress-nginx.
             upstream = Some(snapshot.backend(*id).clone());
             let (mut parts, body) = req.into_parts();
-            parts.extensions.insert(selection.clone());
             super::rewrite::rewrite_request(route.policy.rewrite.as_deref(), &mut parts);
             if let Some(policy) = &route.policy.client_cert {
                 let peer = conn.client_cert.as_deref();
@@ -450,6 +449,9 @@ pub async fn handle(
                 }
             };
             let forwarding = Instant::now();
+            // PERF: the selection is handed over as an argument, not through the request's
+            // extensions (a boxed map, its table and a boxed value to allocate, hash and
+            // drop): callgrind h1-small 43 058 -> 41 378 instructions per request.
             // PERF: boxed: unboxed, the upstream exchange's 3.4 KB state made this future
             // 7 KB, all of it copied into its box as each request starts. Callgrind
             // h1-small: 44 300 -> 43 700 instructions per request.
@@ -460,6 +462,7 @@ pub async fn handle(
                 req,
                 &ctx,
                 &route.policy,
+                &selection,
             ));
             match forwarding_future.await {
                 Ok(forwarded) => {
