@@ -30,14 +30,34 @@ static X_FORWARDED_HOST: header::HeaderName = header::HeaderName::from_static("x
 static X_FORWARDED_PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_PORT: header::HeaderName = header::HeaderName::from_static("x-forwarded-port");
 
+/// What every connection of one listener shares: made once per listener, so a request
+/// neither formats its port (X-Forwarded-Port) nor carries it per connection.
+#[derive(Debug)]
+pub struct Listening {
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The port the listener accepts on.
+    pub port: u16,
+    /// `port` as a header value.
+    pub port_value: HeaderValue,
+}
+
+impl Listening {
+    pub fn new(scheme: &'static str, port: u16) -> Listening {
+        Listening {
+            scheme,
+            port,
+            port_value: HeaderValue::from(port),
+        }
+    }
+}
+
 /// One client connection, as the pipeline sees it.
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    /// The port the connection arrived on.
-    pub local_port: u16,
-    /// `http` or `https`.
-    pub scheme: &'static str,
+    /// The listener it arrived on.
+    pub listening: Arc<Listening>,
     /// The client certificate the TLS handshake established (`auth-tls-*` hosts only).
     pub client_cert: Option<Arc<super::client_cert::PeerCert>>,
     /// Requests served on this connection so far (for keep-alive-requests).
@@ -50,19 +70,22 @@ pub struct ConnInfo {
 impl ConnInfo {
     pub fn new(
         peer: SocketAddr,
-        local_port: u16,
-        scheme: &'static str,
+        listening: Arc<Listening>,
         client_cert: Option<Arc<super::client_cert::PeerCert>>,
         activity: Option<Arc<ConnActivity>>,
     ) -> ConnInfo {
         ConnInfo {
             peer,
-            local_port,
-            scheme,
+            listening,
             client_cert,
             requests: AtomicU64::new(0),
             activity,
         }
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        self.listening.scheme
     }
 }
 
@@ -256,8 +279,8 @@ pub async fn handle(
         client_ip: client,
         best_host: first_value(&X_FORWARDED_HOST).unwrap_or_else(|| host.clone()),
         scheme: first_value(&X_FORWARDED_PROTO)
-            .unwrap_or_else(|| HeaderValue::from_static(conn.scheme)),
-        port: first_value(&X_FORWARDED_PORT).unwrap_or_else(|| HeaderValue::from(conn.local_port)),
+            .unwrap_or_else(|| HeaderValue::from_static(conn.scheme())),
+        port: first_value(&X_FORWARDED_PORT).unwrap_or_else(|| conn.listening.port_value.clone()),
         request_id: request_id.clone(),
     };
 
@@ -306,14 +329,14 @@ pub async fn handle(
         .policy
         .client_cert
         .as_deref()
-        .filter(|_| conn.scheme == "https" || redirect.is_none());
+        .filter(|_| conn.scheme() == "https" || redirect.is_none());
     let cert_answer = cert_policy
         .and_then(|policy| super::client_cert::check(policy, conn.client_cert.as_deref()));
     // Rewrite phase: the server's own answers (from-to-www, app-root) before any location,
     // then the location's permanent/temporal redirect (proxy/rewrite.rs).
     let server_answer = cert_answer
         .or_else(|| {
-            super::rewrite::server_redirect(vhost, conn.scheme, &ctx.scheme, host_str, req.uri())
+            super::rewrite::server_redirect(vhost, conn.scheme(), &ctx.scheme, host_str, req.uri())
         })
         .filter(|_| early.is_none());
     let server_answered = server_answer.is_some();
@@ -375,8 +398,8 @@ pub async fn handle(
         {
             let from = crate::auth::AuthRequest {
                 forward: &ctx,
-                scheme: conn.scheme,
-                server_port: conn.local_port,
+                scheme: conn.scheme(),
+                server_port: conn.listening.port,
                 cache_scope: (&*route.labels.host, &*route.labels.path),
             };
             let cache = &state.auth_cache;
@@ -419,11 +442,11 @@ pub async fn handle(
                 .map(|q| format!("?{q}"))
                 .unwrap_or_default();
             let host = crate::snapshot::route::strip_port(host_str);
-            add_slash_redirect(&format!("{}://{host}{path}/{query}", conn.scheme))
+            add_slash_redirect(&format!("{}://{host}{path}/{query}", conn.scheme()))
         }
         (RouteMatch::Route(_), Target::NotFound) => error_response(StatusCode::NOT_FOUND),
         (RouteMatch::Route(_), Target::Backend(id)) => 'backend: {
-            let facts = super::balance::RequestFacts::of(&req, client, conn.scheme == "https");
+            let facts = super::balance::RequestFacts::of(&req, client, conn.scheme() == "https");
             let selection = super::balance::select(
                 &state.balancers,
                 &snapshot,

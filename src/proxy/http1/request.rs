@@ -38,7 +38,7 @@ pub(super) fn parse_with_slots<'b, T>(
 pub(super) type Range = (usize, usize);
 
 /// Where `part`, a slice of `buf`, lies in it.
-pub(super) fn range_in(buf: &[u8], part: &[u8]) -> Range {
+fn range_in(buf: &[u8], part: &[u8]) -> Range {
     let start = part.as_ptr() as usize - buf.as_ptr() as usize;
     (start, start + part.len())
 }
