@@ -14,12 +14,12 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // PERF: jemalloc's defaults gave every page-sized allocation a slab of its own and a thread
 // cache of 20, and each request makes several (the 4 KiB head buffer, the ~3.7 KB request
 // future, the 8 KiB upstream read buffer). Under 50 concurrent connections the cache swung
-// from empty to full and back, so about 3 slabs per request were made and unmapped (gdb on
+// from empty to full and back, so about 3 slabs per request were made and given back (gdb on
 // `arena_slab_alloc`: 4 KiB and 8 KiB bins). 16-page slabs hold 16 (4 KiB) or 8 (8 KiB)
 // regions, and each bin caches 64. Callgrind h1-small (`h2load --h1 -c 50`, profiling build):
 // 48 100-49 100 -> 42 100 instructions per request (41 100 at 10 connections, from 43 100);
 // cpu_split.sh ROUNDS=8: user CPU 9.0 -> 7.5 ms per 1 000 requests (medians). Idle-10k RSS
-// unchanged. `_RJEM_MALLOC_CONF` in the environment still overrides this.
+// unchanged. Options in `_RJEM_MALLOC_CONF` still take precedence (README, Flags).
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 static malloc_conf: &[u8; 51] = b"tcache_nslots_small_min:64,slab_sizes:4096-8192:16\0";
