@@ -11,7 +11,8 @@
 # Environment: SCENARIOS (all: h1-small,h1-64k,tls-new-conn,h2-mux,h1-5000-ingresses,
 #   gzip-json,idle-10k,rate-half), ROUNDS (3), DURATION (10s), WARMUP (2s), CONNECTIONS (50),
 #   THREADS (1: wrk threads), H2_CLIENTS (10), H2_STREAMS (10), H2_PER_CONN (1000), TLS_BATCH
-#   (100: connections per h2load invocation in tls-new-conn), TLS_KEY (ecdsa: P-256; or rsa:
+#   (100: connections per h2load invocation in tls-new-conn), TLS_THREADS (2: h2load threads in
+#   tls-new-conn; with 1 the client's handshakes set the rate), TLS_KEY (ecdsa: P-256; or rsa:
 #   2048), HOSTS (5000), IDLE (10000), RATE (rate-half's rate; default half of nginx's h1-small
 #   req/s), SLUICE_BIN, OHA (oha binary; default /work/tools/oha/bin/oha, else oha on PATH),
 #   BASE_PORT (18700: backend, +1 nginx http, +2 nginx https, +3 nginx status, +4 sluice http,
@@ -29,6 +30,7 @@ THREADS=${THREADS:-1}
 H2_CLIENTS=${H2_CLIENTS:-10}
 H2_STREAMS=${H2_STREAMS:-10}
 TLS_BATCH=${TLS_BATCH:-100}
+TLS_THREADS=${TLS_THREADS:-2}
 H2_PER_CONN=${H2_PER_CONN:-1000}
 TLS_KEY=${TLS_KEY:-ecdsa}
 HOSTS=${HOSTS:-5000}
@@ -364,9 +366,9 @@ h2load_counts() { # files...
 # h2load invocations, each with the given arguments, one after the other until $2 seconds
 # have passed; outputs $3.N.txt and per-request logs $3.N.log. Sets REQS, ERRORS, RPS, P50,
 # P99, P999 and CPU1K, OTHER, WALL.
-h2load_loop() { # $1 = proxy, $2 = seconds, $3 = out prefix, $4... = h2load arguments
-    local proxy=$1 seconds=$2 out=$3 port pids end i=0
-    shift 3
+h2load_loop() { # $1 = proxy, $2 = seconds, $3 = out prefix, $4 = threads, $5... = h2load arguments
+    local proxy=$1 seconds=$2 out=$3 threads=$4 port pids end i=0
+    shift 4
     port=$(port_of "$proxy" https)
     read -r -a pids <<< "$(pids_of "$proxy")"
     rm -f "$out".*.txt "$out".*.log
@@ -375,7 +377,7 @@ h2load_loop() { # $1 = proxy, $2 = seconds, $3 = out prefix, $4... = h2load argu
     while :; do
         i=$((i + 1))
         # The URI's host gives SNI and Host: bench.local; --connect-to gives the address.
-        h2load -t 1 "$@" --connect-to="127.0.0.1:$port" --log-file="$out.$i.log" \
+        h2load -t "$threads" "$@" --connect-to="127.0.0.1:$port" --log-file="$out.$i.log" \
             "https://$HOST:$port/" > "$out.$i.txt" 2>&1 || true
         ((${EPOCHREALTIME%.*} < end)) || break
     done
@@ -390,10 +392,12 @@ h2load_loop() { # $1 = proxy, $2 = seconds, $3 = out prefix, $4... = h2load argu
 # each request has its own client, hence its own connection and SSL object, and h2load keeps
 # no session to resume: a full handshake each. Invocations of TLS_BATCH until the duration
 # is over. Checked: the proxy's accepted-connection count grows by the number of requests.
+# TLS_THREADS h2load threads: one thread was busy 0.90 s per wall second against either proxy,
+# so the client's own handshakes set the rate (benches/README.md).
 run_newconn() { # $1 = proxy, $2 = seconds, $3 = out prefix
     local proxy=$1 a0 a1 own=0 proto
     a0=$(accepted "$proxy")
-    h2load_loop "$proxy" "$2" "$3" --h1 -n "$TLS_BATCH" -c "$TLS_BATCH"
+    h2load_loop "$proxy" "$2" "$3" "$TLS_THREADS" --h1 -n "$TLS_BATCH" -c "$TLS_BATCH"
     a1=$(accepted "$proxy")
     # nginx's stub_status counts the connection reading it.
     [[ $proxy == nginx ]] && own=1
@@ -407,7 +411,7 @@ run_newconn() { # $1 = proxy, $2 = seconds, $3 = out prefix
 # which both proxies close an HTTP/2 connection; h2load does not reconnect, so invocations are
 # repeated until the duration is over).
 run_h2mux() { # $1 = proxy, $2 = seconds, $3 = out prefix
-    h2load_loop "$1" "$2" "$3" -c "$H2_CLIENTS" -m "$H2_STREAMS" -n "$((H2_CLIENTS * H2_PER_CONN))"
+    h2load_loop "$1" "$2" "$3" 1 -c "$H2_CLIENTS" -m "$H2_STREAMS" -n "$((H2_CLIENTS * H2_PER_CONN))"
     NOTE="$(awk '/^Application protocol:/ { print $3 }' "$3".1.txt) $(awk '/^TLS Protocol:/ { print $3 }' "$3".1.txt)"
 }
 
@@ -511,7 +515,7 @@ MEDIAN_FORMAT=%.6g RATIO_FORMAT=%.2f
 echo "Sluice vs nginx as ingress-nginx renders it; one worker process / one worker thread each,"
 echo "access logs off in both; medians of $ROUNDS alternating rounds of $DURATION (warm-up $WARMUP)."
 echo "nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(openssl version | cut -d' ' -f1-2), sluice $SLUICE_VERSION"
-echo "wrk -t$THREADS -c$CONNECTIONS; h2load -c$H2_CLIENTS -m$H2_STREAMS; TLS: $KEY_DESC certificate;" \
+echo "wrk -t$THREADS -c$CONNECTIONS; h2load -c$H2_CLIENTS -m$H2_STREAMS; tls-new-conn h2load -t$TLS_THREADS; TLS: $KEY_DESC certificate;" \
     "$(nproc) CPUs; load average $LOAD_BEFORE"
 echo "scenarios: $SCENARIOS"
 
