@@ -21,7 +21,7 @@ use super::error::{ProxyError, RetryClass};
 use super::headers::RequestFacts;
 use super::http1::Rewind;
 use super::request_body::RequestBody;
-use super::upstream::{ConnectSpec, Endpoint, PoolKey, SendResult, UpstreamIncoming};
+use super::upstream::{ConnectSpec, PoolKey, SendResult, UpstreamIncoming};
 use super::ProxyState;
 use crate::settings::Settings;
 use crate::snapshot::proxy_policy::ProxyPolicy;
@@ -440,7 +440,7 @@ async fn forward_with(
     loop {
         attempt += 1;
         let key = PoolKey {
-            endpoint: pick_endpoint(backend, &tried, selection),
+            endpoint: super::balance::pick_endpoint(backend, &tried, selection),
             http2: spec.http2,
             tls: spec.tls.as_ref().map(|(t, _)| t.id),
         };
@@ -635,16 +635,6 @@ fn connect_spec(
         http2: protocol.http2,
         tls,
     }
-}
-
-/// The balancer's choice (proxy/balance.rs: the request's [`Selection`], else round robin),
-/// avoiding endpoints this request already failed on.
-fn pick_endpoint(
-    backend: &Backend,
-    tried: &[SocketAddr],
-    selection: Option<&Selection>,
-) -> Endpoint {
-    super::balance::pick_endpoint(backend, tried, selection)
 }
 
 /// The upstream end of a tunnel after `101 Switching Protocols`.
