@@ -80,6 +80,38 @@ pub struct Config {
     pub reading: Gauge,
 }
 
+/// `Config`'s limits as the connection loop keeps them: milliseconds (up to 49 days) and
+/// bytes (up to 4 GiB), saturating.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_limit: u32,
+    header_timeout_ms: u32,
+    keep_alive_ms: u32,
+}
+
+impl Limits {
+    fn new(config: &Config) -> Limits {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        Limits {
+            header_limit: u32::try_from(config.header_limit).unwrap_or(u32::MAX),
+            header_timeout_ms: ms(config.header_timeout),
+            keep_alive_ms: ms(config.keep_alive),
+        }
+    }
+
+    fn header_limit(self) -> usize {
+        self.header_limit as usize
+    }
+
+    fn header_timeout(self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms.into())
+    }
+
+    fn keep_alive(self) -> Duration {
+        Duration::from_millis(self.keep_alive_ms.into())
+    }
+}
+
 /// One connection counted in the `reading` gauge while it lives.
 struct Reading(Gauge);
 
@@ -151,10 +183,18 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    // What the loop keeps of its configuration, compact: every idle connection's future
+    // holds it (two `Duration`s and a `usize` would be 40 bytes of it).
+    let limits = Limits::new(&config);
+    let Config {
+        reading: reading_gauge,
+        detect_h2,
+        ..
+    } = config;
     async move {
         let mut buf = BytesMut::new();
         let mut timer = Box::pin(tokio::time::sleep_until(
-            Instant::now() + config.header_timeout,
+            Instant::now() + limits.header_timeout(),
         ));
         let mut first = true;
         // A refused head is answered after the loop: a refusal awaited inside it would keep
@@ -162,7 +202,7 @@ where
         let refused = 'conn: loop {
             // Idle: wait for the next request without holding a buffer.
             if buf.is_empty() && !first {
-                timer.as_mut().reset(Instant::now() + config.keep_alive);
+                timer.as_mut().reset(Instant::now() + limits.keep_alive());
             }
             if buf.is_empty() {
                 tokio::select! {
@@ -176,7 +216,9 @@ where
             // head's first byte (a transport that cannot tell readiness is still idle here).
             let mut head_timed = first;
             if !head_timed && !buf.is_empty() {
-                timer.as_mut().reset(Instant::now() + config.header_timeout);
+                timer
+                    .as_mut()
+                    .reset(Instant::now() + limits.header_timeout());
                 head_timed = true;
             }
 
@@ -185,8 +227,8 @@ where
             let (parsed, len) = loop {
                 if !buf.is_empty() {
                     // nginx's `reading` state: from the head's first byte to its end.
-                    reading.get_or_insert_with(|| Reading::new(&config.reading));
-                    if first && config.detect_h2 && is_h2_start(&buf) {
+                    reading.get_or_insert_with(|| Reading::new(&reading_gauge));
+                    if first && detect_h2 && is_h2_start(&buf) {
                         if buf.len() >= H2_PREFACE.len() {
                             return Some(Handoff::Http2(buf.freeze()));
                         }
@@ -194,11 +236,11 @@ where
                         match request::parse(&buf) {
                             // The limit holds however the head arrived (one read may bring
                             // more than the limit).
-                            Ok(Some((_, len))) if len > config.header_limit => {
+                            Ok(Some((_, len))) if len > limits.header_limit() => {
                                 break 'conn StatusCode::BAD_REQUEST;
                             }
                             Ok(Some(done)) => break done,
-                            Ok(None) if buf.len() >= config.header_limit => {
+                            Ok(None) if buf.len() >= limits.header_limit() => {
                                 break 'conn StatusCode::BAD_REQUEST;
                             }
                             Ok(None) => {}
@@ -216,7 +258,7 @@ where
                     read = poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf)) => match read {
                         Ok(0) | Err(_) => return None,
                         Ok(_) if !head_timed => {
-                            timer.as_mut().reset(Instant::now() + config.header_timeout);
+                            timer.as_mut().reset(Instant::now() + limits.header_timeout());
                             head_timed = true;
                         }
                         Ok(_) => {}
@@ -228,12 +270,16 @@ where
             };
             drop(reading);
             first = false;
-            let head_bytes = buf.split_to(len).freeze();
-            let head = match request::build(parsed, &head_bytes) {
-                Ok(head) => head,
-                Err(refused) => break 'conn refused.0,
+            // In a block, not dropped by hand: a local whose scope spans the awaits below
+            // keeps a slot in the connection's future (32 bytes of padding in its largest
+            // state) even when dropped before them.
+            let head = {
+                let head_bytes = buf.split_to(len).freeze();
+                match request::build(parsed, &head_bytes) {
+                    Ok(head) => head,
+                    Err(refused) => break 'conn refused.0,
+                }
             };
-            drop(head_bytes);
 
             // PERF: the exchange is its own boxed future, so an idle connection's task holds
             // only this loop's few fields; unboxed, every idle keep-alive connection carried
@@ -244,21 +290,25 @@ where
                 &mut buf,
                 &mut service,
                 head,
-                config.keep_alive.is_zero() || drain.is_set(),
+                limits.keep_alive_ms == 0 || drain.is_set(),
             ));
-            match exchange.await {
-                Outcome::KeepAlive if !drain.is_set() => {}
-                Outcome::KeepAlive | Outcome::Close => {
+            // The outcome is settled before any await, so it takes no slot in the future.
+            let then = match exchange.await {
+                Outcome::KeepAlive if !drain.is_set() => Then::NextRequest,
+                Outcome::KeepAlive | Outcome::Close => Then::Close,
+                Outcome::Gone => return None,
+                // The tunnel takes the transport and whatever the client sent after its head
+                // (the caller finishes the hand-over).
+                Outcome::Upgrade(tx, true) => return Some(Handoff::Upgrade(tx, buf.freeze())),
+                Outcome::Upgrade(_, false) => Then::Shutdown,
+            };
+            match then {
+                Then::NextRequest => {}
+                Then::Close => {
                     Box::pin(close(&mut *io, &mut buf, drain)).await;
                     return None;
                 }
-                Outcome::Gone => return None,
-                Outcome::Upgrade(tx, flushed) => {
-                    // The tunnel takes the transport and whatever the client sent after its
-                    // head (the caller finishes the hand-over).
-                    if flushed {
-                        return Some(Handoff::Upgrade(tx, buf.freeze()));
-                    }
+                Then::Shutdown => {
                     let _ = io.shutdown().await;
                     return None;
                 }
@@ -283,6 +333,15 @@ enum Outcome {
     Gone,
     /// `101` was sent (or not, if `false`): hand the transport over.
     Upgrade(oneshot::Sender<Upgraded>, bool),
+}
+
+/// What the connection does after an exchange that did not end it.
+enum Then {
+    NextRequest,
+    /// Close with a lingering read.
+    Close,
+    /// The upgrade's `101` was not sent: shut the transport down.
+    Shutdown,
 }
 
 /// One request and its response on the connection.
