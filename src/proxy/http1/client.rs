@@ -32,7 +32,10 @@ use crate::proxy::body::{BoxError, ProxyBody};
 /// The largest response head accepted (hyper's client limit: 8 KiB plus 100 x 4 KiB).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// The first read for a response: its head and, for small responses, its whole body.
-const FIRST_READ: usize = 8 * 1024;
+/// ingress-nginx's `proxy-buffer-size` default (4k); larger heads grow the buffer.
+/// PERF: 8 KiB before: every request in flight held the other 4 KiB (idle-10k's 200
+/// parallel openers, benches/README.md).
+const FIRST_READ: usize = 4 * 1024;
 /// Reads while a body streams in.
 const BODY_READ: usize = 32 * 1024;
 

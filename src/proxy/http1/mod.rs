@@ -128,8 +128,13 @@ impl Drop for Reading {
     }
 }
 
-/// First read size for a head: most heads fit (nginx's client_header_buffer_size is 1k).
-const HEAD_READ: usize = 4096;
+/// First read size for a head, as ingress-nginx's `client-header-buffer-size` (1k): short
+/// heads fit. A head that fills it gets `LARGE_HEAD_READ` more at once, as nginx moves it to
+/// a large header buffer (8k), so heads up to 8 KiB take two reads.
+/// PERF: 4 KiB before; every request in flight held the other 3 KiB (idle-10k's 200
+/// parallel openers, benches/README.md).
+const HEAD_READ: usize = 1024;
+const LARGE_HEAD_READ: usize = 8192;
 /// Body bytes read and dropped after a response so the connection can be reused.
 const DISCARD_LIMIT: u64 = 64 * 1024;
 /// How long the rest of a request body may take to arrive, or a closing connection to drain
@@ -249,7 +254,11 @@ where
                     }
                 }
                 if buf.capacity() - buf.len() < 512 {
-                    buf.reserve(HEAD_READ.max(buf.len()));
+                    buf.reserve(if buf.is_empty() {
+                        HEAD_READ
+                    } else {
+                        LARGE_HEAD_READ.max(buf.len())
+                    });
                 }
                 // No byte of a head yet: still idle, so a drain closes it.
                 let idle = buf.is_empty();
