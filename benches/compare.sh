@@ -9,7 +9,7 @@
 #               cargo install oha into /work/tools/oha (~8 min; for rate-half)
 #   --no-build  use the existing target/release/sluice (or set SLUICE_BIN: never built)
 # Environment: SCENARIOS (all: h1-small,h1-64k,tls-new-conn,h2-mux,h1-5000-ingresses,
-#   gzip-json,idle-10k,rate-half), ROUNDS (3), DURATION (10s), WARMUP (2s), CONNECTIONS (50),
+#   gzip-json,idle-10k,idle-tls,rate-half), ROUNDS (3), DURATION (10s), WARMUP (2s), CONNECTIONS (50),
 #   THREADS (1: wrk threads), H2_CLIENTS (10), H2_STREAMS (10), H2_PER_CONN (1000), TLS_BATCH
 #   (100: connections per h2load invocation in tls-new-conn), TLS_THREADS (2: h2load threads in
 #   tls-new-conn; with 1 the client's handshakes set the rate), TLS_KEY (ecdsa: P-256; or rsa:
@@ -20,7 +20,7 @@
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
 
-ALL_SCENARIOS=h1-small,h1-64k,tls-new-conn,h2-mux,h1-5000-ingresses,gzip-json,idle-10k,rate-half
+ALL_SCENARIOS=h1-small,h1-64k,tls-new-conn,h2-mux,h1-5000-ingresses,gzip-json,idle-10k,idle-tls,rate-half
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
@@ -92,7 +92,7 @@ bench_sluice_bin
 
 # 10 000 idle clients: this shell's children (the client, nginx, Sluice) need the descriptors.
 ulimit -n "$(ulimit -Hn)" 2> /dev/null || true
-if want idle-10k && (($(ulimit -n) < IDLE + 1000)); then
+if { want idle-10k || want idle-tls; } && (($(ulimit -n) < IDLE + 1000)); then
     echo "ulimit -n is $(ulimit -n): too low for IDLE=$IDLE idle connections" >&2
     exit 1
 fi
@@ -145,7 +145,7 @@ read -r -a BACKEND_PIDS <<< "$(nginx_pids "$BACKEND_MASTER")"
 # (plus HOSTS Ingresses h1..hN.bench.local), gzip (ConfigMap use-gzip, gzip-level 6).
 profile_of() {
     case $1 in
-        tls-new-conn | h2-mux) echo tls ;;
+        tls-new-conn | h2-mux | idle-tls) echo tls ;;
         h1-5000-ingresses) echo hosts ;;
         gzip-json) echo gzip ;;
         *) echo plain ;;
@@ -222,7 +222,7 @@ check_scenario() { # $1 = scenario
     for p in nginx sluice; do
         port=$(port_of "$p")
         case $1 in
-            h1-small | rate-half | idle-10k)
+            h1-small | rate-half | idle-10k | idle-tls)
                 got=$(curl -s "http://127.0.0.1:$port/")
                 [[ $got == "hello from backend" ]] || fail "$p / answered '$got'"
                 ;;
@@ -444,13 +444,18 @@ print(ok, bad, "%.0f" % d["summary"]["requestsPerSec"], ms(p["p50"]), ms(p["p99"
 }
 
 # IDLE keep-alive connections, one request each, then idle: RSS before, with them open, peak.
-run_idle() { # $1 = proxy, $2 = out
-    local proxy=$1 out=$2 port pids before est line=""
-    port=$(port_of "$proxy")
+run_idle() { # $1 = proxy, $2 = out, [$3 = tls]
+    local proxy=$1 out=$2 port pids before est line="" tls=()
+    if [[ -n ${3:-} ]]; then
+        port=$(port_of "$proxy" https)
+        tls=(200 "$HOST")
+    else
+        port=$(port_of "$proxy")
+    fi
     read -r -a pids <<< "$(pids_of "$proxy")"
     before=$(mem_kib VmRSS "${pids[@]}")
     measure_begin "${pids[@]}"
-    python3 benches/idle_conns.py 127.0.0.1 "$port" "$IDLE" 60 > "$out" 2> "$out.err" &
+    python3 benches/idle_conns.py 127.0.0.1 "$port" "$IDLE" 60 "${tls[@]}" > "$out" 2> "$out.err" &
     local client=$!
     PIDS+=("$client")
     for _ in $(seq 1200); do
@@ -488,6 +493,7 @@ run_scenario_once() { # $1 = scenario, $2 = proxy, $3 = duration, $4 = out
         h2-mux) run_h2mux "$2" "$d_s" "$4" ;;
         rate-half) run_oha "$2" "$d_s" "$4" "$RATE_HALF" ;;
         idle-10k) run_idle "$2" "$4" ;;
+        idle-tls) run_idle "$2" "$4" tls ;;
     esac
 }
 
@@ -540,7 +546,7 @@ for s in "${SCEN[@]}"; do
         fi
         echo "  rate: $RATE_HALF req/s (half of nginx's h1-small maximum unless RATE is set)"
     fi
-    if [[ $s != idle-10k ]] && ((WARMUP_S > 0)); then
+    if [[ $s != idle-* ]] && ((WARMUP_S > 0)); then
         for p in nginx sluice; do run_scenario_once "$s" "$p" "$WARMUP" "$WORK/$s-warmup-$p"; done
     fi
     print_header
@@ -548,7 +554,7 @@ for s in "${SCEN[@]}"; do
     declare -A BK=()
     for round in $(seq "$ROUNDS"); do
         if ((round % 2)); then order="nginx sluice"; else order="sluice nginx"; fi
-        if [[ $s == idle-10k ]] && ((round > 1)); then
+        if [[ $s == idle-* ]] && ((round > 1)); then
             stop_proxies
             start_proxies "$profile"
         fi
@@ -571,8 +577,8 @@ for s in "${SCEN[@]}"; do
     done
     u1=$(sluice_pool)
     read -r ur0 uc0 <<< "$u0"; read -r ur1 uc1 <<< "$u1"
-    if [[ $s != idle-10k ]]; then
-        # Sluice's own pool counters over all rounds (idle-10k restarts Sluice: not counted).
+    if [[ $s != idle-* ]]; then
+        # Sluice's own pool counters over all rounds (idle-* restart Sluice: not counted).
         RES[$s,sluice,reuse]=$(awk -v r="$((ur1 - ur0))" -v c="$((uc1 - uc0))" \
             'BEGIN { if (r + c) printf "%.3f", r / (r + c) * 100; else print "-" }')
     fi
@@ -580,7 +586,7 @@ for s in "${SCEN[@]}"; do
         RES[$s,$p,bkreuse]=$(awk -v a="${BK[$p,a]}" -v r="${BK[$p,r]}" \
             'BEGIN { if (r > 0) { v = (r - a) / r * 100; printf "%.3f", v < 0 ? 0 : v } else print "-" }')
     done
-    # Peak RSS: VmHWM at the end (for idle-10k, the largest round).
+    # Peak RSS: VmHWM at the end (for idle-*, the largest round).
     for p in nginx sluice; do
         # shellcheck disable=SC2086
         RES[$s,$p,peak]=$(printf '%s\n' ${RES[$s,$p,hwm]} | sort -n | tail -n1)
@@ -601,7 +607,7 @@ for s in "${SCEN[@]}"; do
     for p in nginx sluice; do
         note="backend reuse ${RES[$s,$p,bkreuse]}%"
         [[ $p == sluice && -n ${RES[$s,sluice,reuse]:-} ]] && note="upstream reuse ${RES[$s,sluice,reuse]}% (metrics), $note"
-        [[ $s == idle-10k ]] && note=""
+        [[ $s == idle-* ]] && note=""
         row "$s" "$p" "$(med "$s" "$p" rps)" "$(med "$s" "$p" p50)" "$(med "$s" "$p" p99)" \
             "$(med "$s" "$p" p999)" "$(med "$s" "$p" err)" "$(med "$s" "$p" cpu)" \
             "$(mib "${RES[$s,$p,peak]}")" "" "$note"
@@ -649,11 +655,13 @@ for s in "${THROUGHPUT[@]}" rate-half; do
 done
 target_line "CPU per request <= 0.8x nginx" le 0.8 "${args[@]}"
 args=()
-want idle-10k && args+=("idle-10k" "$(rat "${RES[idle-10k,sluice,peak]}" "${RES[idle-10k,nginx,peak]}")")
+for s in idle-10k idle-tls; do
+    want "$s" && args+=("$s" "$(rat "${RES[$s,sluice,peak]}" "${RES[$s,nginx,peak]}")")
+done
 target_line "peak RSS with $IDLE idle connections <= nginx (ratio <= 1)" le 1 "${args[@]}"
 args=()
 for s in "${SCEN[@]}"; do
-    [[ $s == idle-10k ]] && continue
+    [[ $s == idle-* ]] && continue
     args+=("$s" "${RES[$s,sluice,reuse]:--}")
 done
 target_line "sluice upstream requests on reused connections >= 99 (%)" ge 99 "${args[@]}"
