@@ -448,6 +448,7 @@ run_idle() { # $1 = proxy, $2 = out, [$3 = tls]
     local proxy=$1 out=$2 port pids before est line="" tls=()
     if [[ -n ${3:-} ]]; then
         port=$(port_of "$proxy" https)
+        # idle_conns.py's TLS name follows its parallelism: its default (200), as idle-10k.
         tls=(200 "$HOST")
     else
         port=$(port_of "$proxy")

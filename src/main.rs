@@ -19,7 +19,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // regions, and each bin caches 64. Callgrind h1-small (`h2load --h1 -c 50`, profiling build):
 // 48 100-49 100 -> 42 100 instructions per request (41 100 at 10 connections, from 43 100);
 // cpu_split.sh ROUNDS=8: user CPU 9.0 -> 7.5 ms per 1 000 requests (medians). Idle-10k RSS
-// unchanged. Options in `_RJEM_MALLOC_CONF` still take precedence (README, Flags).
+// unchanged. Still worth it since the buffers shrank to 1 KiB (head) and 4 KiB (upstream):
+// `CONNECTIONS=50 bash benches/callgrind.sh`, release build of 5d2e67d, 38 500 instructions
+// per request, 43 700 with jemalloc's defaults put back through `_RJEM_MALLOC_CONF`.
+// Options in `_RJEM_MALLOC_CONF` still take precedence (README, Flags).
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 static malloc_conf: &[u8; 51] = b"tcache_nslots_small_min:64,slab_sizes:4096-8192:16\0";
