@@ -474,6 +474,7 @@ async fn http1_exchange(data: &[u8]) {
         keep_alive: Duration::from_secs(75),
         detect_h2: true,
         reading: Default::default(),
+        deadlines: sluice::proxy::deadline::Deadlines::start(),
     };
     let service = {
         let seen = seen.clone();

@@ -220,6 +220,7 @@ where
                 // preface without having negotiated it.
                 detect_h2: !https || limits.use_http2,
                 reading: slot.state.metrics.connections_reading.clone(),
+                deadlines: slot.state.deadlines.clone(),
             }
         };
         let service_state = slot.state.clone();
@@ -382,11 +383,13 @@ mod tests {
             slot,
         );
         let size = std::mem::size_of_val(&future);
-        // 240 bytes in release builds, 248 in debug ones: with the 104 bytes tokio adds
+        // 248 bytes in release builds, 256 in debug ones: with the 104 bytes tokio adds
         // (header, scheduler, task id, trailer), a 384-byte cell (the cell is aligned to
-        // 128); release futures over 280 bytes take a 512-byte one. It was
-        // 384 bytes (a 512-byte cell) before the drain's waiter left the future, and 1 160
-        // bytes in a 1 280-byte cell before the connection's future was restructured.
+        // 128); release futures over 280 bytes take a 512-byte one. It was 240 with a
+        // boxed tokio timer (112 bytes outside the cell) in place of the registry's
+        // deadline, 384 bytes (a 512-byte cell) before the drain's waiter left the future,
+        // and 1 160 bytes in a 1 280-byte cell before the connection's future was
+        // restructured.
         assert!(size <= 256, "plain connection future is {size} bytes");
     }
 

@@ -12,6 +12,7 @@ pub mod compress;
 pub mod conn_timer;
 pub mod cors;
 pub mod custom_errors;
+pub mod deadline;
 pub mod drain;
 pub mod error;
 pub mod forward;
@@ -47,6 +48,8 @@ pub struct ProxyState {
     pub draining: AtomicBool,
     /// Set after the grace period: connections finish (idle ones close at once).
     pub drain: drain::Drain,
+    /// HTTP/1 client connections' `keep-alive` and `client-header-timeout` deadlines.
+    pub deadlines: Arc<deadline::Deadlines>,
     /// Open WebSocket (upgraded) tunnels, which shutdown waits for.
     pub tunnels: Arc<Tracker>,
     /// Open client connections, which shutdown waits for.
@@ -83,6 +86,7 @@ impl ProxyState {
             access_log,
             draining: AtomicBool::new(false),
             drain: drain::Drain::default(),
+            deadlines: deadline::Deadlines::start(),
             tunnels: Arc::new(Tracker::default()),
             connections: Arc::new(Tracker::default()),
             limits,

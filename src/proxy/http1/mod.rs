@@ -23,6 +23,7 @@ use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,8 +35,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
+use super::deadline::Deadlines;
 use super::drain::Drain;
 use body::PumpEnd;
 pub use body::RequestBody;
@@ -79,6 +80,8 @@ pub struct Config {
     pub detect_h2: bool,
     /// `nginx_process_connections{state="reading"}`.
     pub reading: Gauge,
+    /// Where the connection's timer is kept.
+    pub deadlines: Arc<Deadlines>,
 }
 
 /// `Config`'s limits as the connection loop keeps them: milliseconds (up to 49 days) and
@@ -195,26 +198,28 @@ where
     let Config {
         reading: reading_gauge,
         detect_h2,
+        deadlines,
         ..
     } = config;
+    // client-header-timeout runs from accept for the first request. Made here, so the
+    // future keeps the deadline and not also the registry it came from.
+    // PERF: one entry in a shared registry, not a boxed tokio timer (proxy/deadline.rs).
+    let mut timer = deadlines.deadline(limits.header_timeout());
     async move {
         let mut buf = BytesMut::new();
-        let mut timer = Box::pin(tokio::time::sleep_until(
-            Instant::now() + limits.header_timeout(),
-        ));
         let mut first = true;
         // A refused head is answered after the loop: a refusal awaited inside it would keep
         // the parse result (232 bytes) in every connection's future.
         let refused = 'conn: loop {
             // Idle: wait for the next request without holding a buffer.
             if buf.is_empty() && !first {
-                timer.as_mut().reset(Instant::now() + limits.keep_alive());
+                timer.reset(limits.keep_alive());
             }
             if buf.is_empty() {
                 tokio::select! {
                     biased;
                     ready = poll_fn(|cx| io.poll_read_ready(cx)) => if ready.is_err() { return None },
-                    _ = timer.as_mut() => return None,
+                    _ = timer.expired() => return None,
                     _ = drain.wait() => return None,
                 }
             }
@@ -222,9 +227,7 @@ where
             // head's first byte (a transport that cannot tell readiness is still idle here).
             let mut head_timed = first;
             if !head_timed && !buf.is_empty() {
-                timer
-                    .as_mut()
-                    .reset(Instant::now() + limits.header_timeout());
+                timer.reset(limits.header_timeout());
                 head_timed = true;
             }
 
@@ -268,13 +271,13 @@ where
                     read = poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf)) => match read {
                         Ok(0) | Err(_) => return None,
                         Ok(_) if !head_timed => {
-                            timer.as_mut().reset(Instant::now() + limits.header_timeout());
+                            timer.reset(limits.header_timeout());
                             head_timed = true;
                         }
                         Ok(_) => {}
                     },
                     // client-header-timeout: nginx closes without an answer (408 in its log).
-                    _ = timer.as_mut() => return None,
+                    _ = timer.expired() => return None,
                     _ = drain.wait(), if idle => return None,
                 }
             };
