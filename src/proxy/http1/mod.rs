@@ -10,7 +10,8 @@
 //! PERF: 10 000 idle keep-alive connections (benches/compare.sh idle-10k): peak RSS 215 MiB
 //! on hyper's server connection, 39.7 MiB on this loop, 26.8-27.5 MiB since `serve` borrows
 //! its transport and the connection's future was slimmed (nginx: 26 MiB), 25.5-25.6 MiB
-//! since the task cell is 384 bytes and heads are first read into 1 KiB (nginx: 25.7-26.1).
+//! since the task cell is 384 bytes and heads are first read into 1 KiB (nginx: 25.7-26.1),
+//! 24.2-25.0 MiB since the timers are entries in one registry (nginx: 25.8-26.4).
 //! h1-small CPU per request 1.27x -> 1.21x nginx's (benches/README.md).
 
 pub mod body;
