@@ -70,10 +70,10 @@ impl Deadlines {
         deadlines
     }
 
-    /// A deadline `after` from now; it registers when first awaited.
-    pub fn deadline(self: Arc<Self>, after: Duration) -> Deadline {
+    /// A deadline `after_ms` milliseconds from now; it registers when first awaited.
+    pub fn deadline(self: Arc<Self>, after_ms: u32) -> Deadline {
         Deadline {
-            due: self.due_in(after),
+            due: self.due_in(after_ms),
             key: None,
             registry: self,
         }
@@ -85,11 +85,11 @@ impl Deadlines {
         self.swept.load(Ordering::Relaxed)
     }
 
-    /// A tick is added to the sweep's time so a deadline does not fire before `after` has
-    /// passed (unless the sweeper ran more than a tick late).
-    fn due_in(&self, after: Duration) -> u32 {
-        let ms = u32::try_from(after.as_millis()).unwrap_or(u32::MAX);
-        let ms = ms.saturating_add(TICK.as_millis() as u32);
+    /// A tick is added to the sweep's time so a deadline does not fire before `after_ms`
+    /// has passed (unless the sweeper ran more than a tick late). Milliseconds, as the
+    /// connection loop keeps its limits: no conversion per request.
+    fn due_in(&self, after_ms: u32) -> u32 {
+        let ms = after_ms.saturating_add(TICK.as_millis() as u32);
         self.now().wrapping_add(ms.min(MAX_AHEAD_MS))
     }
 
@@ -148,9 +148,9 @@ pub struct Deadline {
 }
 
 impl Deadline {
-    /// Due `after` from now. The registry hears of it at the next wait.
-    pub fn reset(&mut self, after: Duration) {
-        self.due = self.registry.due_in(after);
+    /// Due `after_ms` milliseconds from now. The registry hears of it at the next wait.
+    pub fn reset(&mut self, after_ms: u32) {
+        self.due = self.registry.due_in(after_ms);
     }
 
     /// Resolves once the deadline has passed.
@@ -244,7 +244,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fires_at_its_time_within_two_ticks() {
         let deadlines = Deadlines::start();
-        let mut deadline = deadlines.clone().deadline(Duration::from_secs(3));
+        let mut deadline = deadlines.clone().deadline(3000);
         let took = fires_after(&mut deadline).await;
         assert!(
             took >= Duration::from_secs(3) && took <= Duration::from_secs(3) + 2 * TICK,
@@ -257,18 +257,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reset_moves_it_later_or_earlier_while_it_is_registered() {
         let deadlines = Deadlines::start();
-        let mut deadline = deadlines.clone().deadline(Duration::from_secs(1));
+        let mut deadline = deadlines.clone().deadline(1000);
         // Registered with 1 s, then moved to 2 s from 0.5 s: due at 2.5 s, not 1 s.
         let waited = tokio::time::timeout(Duration::from_millis(500), deadline.expired()).await;
         assert!(waited.is_err());
-        deadline.reset(Duration::from_secs(2));
+        deadline.reset(2000);
         let took = fires_after(&mut deadline).await;
         assert!(took >= Duration::from_secs(2) && took <= Duration::from_secs(2) + 2 * TICK);
         // Registered with 60 s, then moved to 1 s: the sweeper must see the earlier time.
-        deadline.reset(Duration::from_secs(60));
+        deadline.reset(60000);
         let waited = tokio::time::timeout(Duration::from_millis(200), deadline.expired()).await;
         assert!(waited.is_err());
-        deadline.reset(Duration::from_secs(1));
+        deadline.reset(1000);
         let took = fires_after(&mut deadline).await;
         assert!(took >= Duration::from_secs(1) && took <= Duration::from_secs(1) + 2 * TICK);
     }
@@ -279,7 +279,7 @@ mod tests {
         let deadlines_in_use = |d: &Deadlines| (0..SHARDS).map(|i| d.shard(i).len()).sum::<usize>();
         let mut kept = Vec::new();
         for _ in 0..20 {
-            let mut deadline = deadlines.clone().deadline(Duration::from_secs(5));
+            let mut deadline = deadlines.clone().deadline(5000);
             let waited = tokio::time::timeout(Duration::from_millis(10), deadline.expired()).await;
             assert!(waited.is_err());
             kept.push(deadline);
@@ -306,7 +306,7 @@ mod tests {
             }
         }
         let deadlines = Deadlines::start();
-        let mut deadline = deadlines.clone().deadline(Duration::from_millis(300));
+        let mut deadline = deadlines.clone().deadline(300);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);

@@ -107,14 +107,6 @@ impl Limits {
     fn header_limit(self) -> usize {
         self.header_limit as usize
     }
-
-    fn header_timeout(self) -> Duration {
-        Duration::from_millis(self.header_timeout_ms.into())
-    }
-
-    fn keep_alive(self) -> Duration {
-        Duration::from_millis(self.keep_alive_ms.into())
-    }
 }
 
 /// One connection counted in the `reading` gauge while it lives.
@@ -205,7 +197,7 @@ where
     // client-header-timeout runs from accept for the first request. Made here, so the
     // future keeps the deadline and not also the registry it came from.
     // PERF: one entry in a shared registry, not a boxed tokio timer (proxy/deadline.rs).
-    let mut timer = deadlines.deadline(limits.header_timeout());
+    let mut timer = deadlines.deadline(limits.header_timeout_ms);
     async move {
         let mut buf = BytesMut::new();
         let mut first = true;
@@ -214,7 +206,7 @@ where
         let refused = 'conn: loop {
             // Idle: wait for the next request without holding a buffer.
             if buf.is_empty() && !first {
-                timer.reset(limits.keep_alive());
+                timer.reset(limits.keep_alive_ms);
             }
             if buf.is_empty() {
                 tokio::select! {
@@ -228,7 +220,7 @@ where
             // head's first byte (a transport that cannot tell readiness is still idle here).
             let mut head_timed = first;
             if !head_timed && !buf.is_empty() {
-                timer.reset(limits.header_timeout());
+                timer.reset(limits.header_timeout_ms);
                 head_timed = true;
             }
 
@@ -272,7 +264,7 @@ where
                     read = poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf)) => match read {
                         Ok(0) | Err(_) => return None,
                         Ok(_) if !head_timed => {
-                            timer.reset(limits.header_timeout());
+                            timer.reset(limits.header_timeout_ms);
                             head_timed = true;
                         }
                         Ok(_) => {}
